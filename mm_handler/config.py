@@ -1,0 +1,243 @@
+"""The INI configuration file: read, validated, every key with a default.
+
+The syntax is the subset of configparser's that mailman.cfg uses: sections,
+``key = value`` or ``key: value``, ``#``/``;`` comments (also after a value,
+preceded by white space) and indented continuation lines.  It is read
+without configparser because that module costs every message ~10 ms of
+start-up (it imports ``re``); see bench/startup.py.
+"""
+
+import os
+
+from .address import ACTIONS
+
+DEFAULT_PATH = "/etc/mm-handler.cfg"
+ENV_VAR = "MM_HANDLER_CONFIG"
+
+
+class ConfigError(Exception):
+    """The file, a key or a value is wrong: one line naming which."""
+
+
+def _words(text):
+    return text.replace(",", " ").split()
+
+
+def _choice(*allowed):
+    def parse(text):
+        if text not in allowed:
+            raise ValueError("must be one of: " + ", ".join(allowed))
+        return text
+    return parse
+
+
+def _boolean(text):
+    value = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ValueError("must be yes or no")
+    return value
+
+
+def _seconds(text):
+    value = float(text)
+    if not 0 < value <= 86400:
+        raise ValueError("must be a number of seconds between 0 and 86400")
+    return value
+
+
+def _size(text):
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a number of bytes, 0 or more")
+    return value
+
+
+def _actions(text):
+    actions = _words(text.lower())
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown:
+        raise ValueError("unknown action %r (known: %s)"
+                         % (unknown[0], " ".join(ACTIONS)))
+    return frozenset(actions)
+
+
+def _absolute_path(text):
+    if text and not text.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return text
+
+
+def _endpoint(item):
+    """``host:port``, ``[v6]:port`` or ``unix:/path`` -> (family, address)."""
+    if item.startswith("unix:"):
+        path = item[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError("%r: a unix socket needs an absolute path" % item)
+        return ("unix", path)
+    host, colon, port = item.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("%r is not host:port or unix:/path" % item)
+    return ("inet", (host, int(port)))
+
+
+def _endpoints(text):
+    endpoints = [_endpoint(item) for item in _words(text)]
+    if not endpoints:
+        raise ValueError("needs at least one host:port or unix:/path")
+    return endpoints
+
+
+UNKNOWN_POLICIES = ("reject", "discard", "bounce")
+
+# section -> key -> (default text, parser)
+SCHEMA = {
+    "mm-handler": {
+        "backend": ("mailman3", _choice("mailman3", "mailman2")),
+        "approved_actions": (" ".join(ACTIONS), _actions),
+        "unknown_list": ("reject", _choice(*UNKNOWN_POLICIES)),
+        "unapproved_action": ("reject", _choice(*UNKNOWN_POLICIES)),
+        "trace_header": ("yes", _boolean),
+        "spool_dir": ("/tmp", _absolute_path),
+        "spool_threshold": ("1048576", _size),
+        "syslog_socket": ("/dev/log", _absolute_path),
+        "syslog_facility": ("mail", _choice("mail", "daemon", "user", "local0",
+                                            "local1", "local2", "local3", "local4",
+                                            "local5", "local6", "local7")),
+    },
+    "mailman2": {
+        "wrapper": ("/usr/lib/mailman/mail/mailman", _absolute_path),
+        "lists_dir": ("/var/lib/mailman/lists", _absolute_path),
+        "timeout": ("300", _seconds),
+    },
+    "mailman3": {
+        "lmtp": ("127.0.0.1:8024", _endpoints),
+        "var_dir": ("", _absolute_path),
+        "timeout": ("60", _seconds),
+    },
+    "bounce": {
+        "template": ("", _absolute_path),
+        "template_charset": ("", str),
+        "sendmail": ("/usr/sbin/sendmail", _absolute_path),
+        "max_original": ("131072", _size),
+        "postmaster": ("", str),
+        "listinfo_url": ("", str),
+        "server": ("", str),
+        "personal_note": ("yes", _boolean),
+    },
+    "maps": {
+        "output_dir": ("/etc/mail/mm-handler", _absolute_path),
+        "makemap": ("/usr/sbin/makemap", _absolute_path),
+        "run_makemap": ("no", _boolean),
+        "domains": ("", _words),
+        "pseudo_domain": ("mailman.invalid", str),
+        "role_target": ("", str),
+    },
+}
+
+
+class Settings:
+    """Validated settings: ``settings.get("mailman3", "lmtp")``."""
+
+    def __init__(self, path, values):
+        self.path = path
+        self._values = values
+
+    def get(self, section, key):
+        return self._values[section][key]
+
+    def __getitem__(self, section):
+        return self._values[section]
+
+
+def config_path(option_path, environ=os.environ):
+    """-C wins, then $MM_HANDLER_CONFIG, then /etc/mm-handler.cfg."""
+    return option_path or environ.get(ENV_VAR) or DEFAULT_PATH
+
+
+def parse_ini(text, path="<config>"):
+    """INI text -> {section: {key: raw value}}; ConfigError names the line."""
+    sections = {}
+    section = key = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if line[0] in " \t" and key is not None:
+            sections[section][key] += "\n" + _strip_comment(stripped)
+            continue
+        where = "%s line %d" % (path, number)
+        if stripped.startswith("["):
+            if not stripped.endswith("]"):
+                raise ConfigError("%s: section header without ']'" % where)
+            section, key = stripped[1:-1].strip().lower(), None
+            if section in sections:
+                raise ConfigError("%s: section [%s] appears twice" % (where, section))
+            sections[section] = {}
+            continue
+        cut = min((i for i in (stripped.find("="), stripped.find(":")) if i > 0),
+                  default=-1)
+        if cut < 0:
+            raise ConfigError("%s: expected 'key = value', got %r"
+                              % (where, stripped[:60]))
+        if section is None:
+            raise ConfigError("%s: key before any [section]" % where)
+        key = stripped[:cut].strip().lower()
+        if key in sections[section]:
+            raise ConfigError("%s: key %r appears twice in [%s]"
+                              % (where, key, section))
+        sections[section][key] = _strip_comment(stripped[cut + 1:].strip())
+    return sections
+
+
+def _strip_comment(value):
+    for i, c in enumerate(value):
+        if c in "#;" and (i == 0 or value[i - 1] in " \t"):
+            return value[:i].rstrip()
+    return value
+
+
+def validate(raw, path="<config>"):
+    """Raw sections -> Settings; unknown sections, keys and values are errors."""
+    values = {}
+    for section, keys in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError("%s: unknown section [%s] (known: %s)"
+                              % (path, section, ", ".join(SCHEMA)))
+        for key in keys:
+            if key not in SCHEMA[section]:
+                raise ConfigError("%s: [%s] has no key %r (known: %s)"
+                                  % (path, section, key,
+                                     ", ".join(SCHEMA[section])))
+    for section, schema in SCHEMA.items():
+        values[section] = {}
+        for key, (default, parse) in schema.items():
+            text = raw.get(section, {}).get(key, default)
+            try:
+                values[section][key] = parse(text)
+            except ValueError as exc:
+                raise ConfigError("%s: [%s] %s = %r: %s"
+                                  % (path, section, key, text, exc)) from None
+    return Settings(path, values)
+
+
+def load(path):
+    """Read and validate the file at `path`; every problem is a ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except FileNotFoundError:
+        raise ConfigError("%s: configuration file not found" % path) from None
+    except PermissionError:
+        raise ConfigError("%s: configuration file not readable by uid %d"
+                          % (path, os.geteuid())) from None
+    except OSError as exc:
+        raise ConfigError("%s: cannot read configuration file: %s"
+                          % (path, exc.strerror)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("%s: not UTF-8 text" % path) from None
+    return validate(parse_ini(text, path), path)

@@ -1,0 +1,253 @@
+"""What Sendmail hands the mailer: the command line and the message on stdin.
+
+argv is ``[-C FILE] [--dry-run] [-r SENDER] HOST RECIPIENT...`` (A=mm-handler
+$h $u with flag r); stdin starts with a From_ line.  stdin is a pipe: it is
+read once, in chunks, so memory stays flat whatever the message size.
+"""
+
+import os
+
+USAGE = """\
+usage: mm-handler [-C FILE] [--dry-run] [-r SENDER] HOST RECIPIENT [RECIPIENT...]
+       mm-handler --check [-C FILE]
+       mm-handler --render-template [-C FILE] RECIPIENT
+       mm-handler maps [-C FILE] [--output DIR] [--makemap]
+
+Sendmail runs it from a mailer definition such as
+  Mmailman, P=/usr/local/bin/mm-handler, F=rDFMhlqSu, U=list:list,
+            S=EnvFromL, R=EnvToL/HdrToL, A=mm-handler $h $u
+with the message on standard input.  Exit status: 0 delivered, 75 kept for
+retry, 67 no such list.  Configuration: -C FILE, else $MM_HANDLER_CONFIG,
+else /etc/mm-handler.cfg.
+"""
+
+CHUNK = 65536
+MAX_FROM_LINE = 8192
+NULL_SENDERS = ("", "<>", "mailer-daemon")
+
+
+class UsageError(Exception):
+    """The command line does not fit the mailer contract."""
+
+
+class Invocation:
+    """The parsed command line."""
+
+    def __init__(self):
+        self.config = None
+        self.dry_run = False
+        self.sender = None          # None: take it from the From_ line
+        self.host = None
+        self.recipients = []
+        self.mode = "deliver"       # deliver | help | check | render-template | version
+
+
+def parse_argv(argv):
+    """argv (without the program name) -> Invocation, or UsageError.
+
+    Hand-written rather than argparse: this runs once per message, and a
+    mis-written mailer definition must get a precise one-line answer.
+    """
+    inv = Invocation()
+    args = list(argv)
+    while args and args[0].startswith("-") and args[0] != "-":
+        opt = args.pop(0)
+        if opt == "--":
+            break
+        if opt in ("-h", "--help"):
+            inv.mode = "help"
+            return inv
+        if opt == "--version":
+            inv.mode = "version"
+            return inv
+        if opt == "--dry-run":
+            inv.dry_run = True
+        elif opt == "--check":
+            inv.mode = "check"
+        elif opt == "--render-template":
+            inv.mode = "render-template"
+        elif opt in ("-C", "-r", "-f"):
+            if not args:
+                raise UsageError("option %s needs a value" % opt)
+            value = args.pop(0)
+            if opt == "-C":
+                inv.config = value
+            else:
+                inv.sender = value
+        elif opt[:2] in ("-C", "-r", "-f") and len(opt) > 2:
+            # -C/path or -rsender, as some A= lines are written
+            if opt[1] == "C":
+                inv.config = opt[2:]
+            else:
+                inv.sender = opt[2:]
+        else:
+            raise UsageError("unknown option %r" % opt[:40])
+    if inv.mode == "check":
+        if args:
+            raise UsageError("--check takes no arguments besides -C FILE")
+        return inv
+    if inv.mode == "render-template":
+        if len(args) != 1:
+            raise UsageError("--render-template needs exactly one RECIPIENT")
+        inv.recipients = args
+        return inv
+    if len(args) < 2:
+        raise UsageError("expected HOST RECIPIENT... after the options, got %d "
+                         "argument%s (is the mailer's A= 'mm-handler $h $u'?)"
+                         % (len(args), "" if len(args) == 1 else "s"))
+    inv.host = args[0]
+    inv.recipients = args[1:]
+    return inv
+
+
+def is_null_sender(sender):
+    return sender.strip().lower() in NULL_SENDERS
+
+
+_SENDER_BAD = frozenset(chr(i) for i in range(33)) | set('<>()[]\\,;:"\x7f')
+
+
+def clean_sender(sender):
+    """The envelope sender as it may appear in a protocol line, or ''.
+
+    '' is the null sender.  A sender with control characters, spaces, or
+    characters no address needs is treated as no sender at all.
+    """
+    if sender is None:
+        return ""
+    sender = sender.strip()
+    if sender.startswith("<") and sender.endswith(">"):
+        sender = sender[1:-1]
+    if is_null_sender(sender):
+        return ""
+    if (len(sender) > 512 or not sender.isascii()
+            or any(c in _SENDER_BAD for c in sender)):
+        return ""
+    return sender
+
+
+class Message:
+    """The message on a pipe: the From_ line split off, the rest streamed.
+
+    ``chunks()`` yields the bytes after the From_ line once, unless
+    ``spool()`` was called first, after which it can be replayed (several
+    recipients on the Mailman 2 wrapper).  Spooling keeps up to `threshold`
+    bytes in memory and the rest in an unnamed file in `spool_dir`.
+    """
+
+    def __init__(self, fd=0):
+        self.fd = fd
+        self.size = 0
+        self.from_line = b""
+        self.eol = b"\n"
+        self._head = b""
+        self._eof = False
+        self._spool = None
+        self._read_first_line()
+
+    def _read(self):
+        if self._eof:
+            return b""
+        data = os.read(self.fd, CHUNK)
+        if not data:
+            self._eof = True
+        self.size += len(data)
+        return data
+
+    def _read_first_line(self):
+        buf = b""
+        while b"\n" not in buf and len(buf) < MAX_FROM_LINE:
+            data = self._read()
+            if not data:
+                break
+            buf += data
+        if buf.startswith(b"From "):
+            end = buf.find(b"\n")
+            if 0 <= end < MAX_FROM_LINE:
+                self.from_line, buf = buf[:end + 1], buf[end + 1:]
+                if self.from_line.endswith(b"\r\n"):
+                    self.eol = b"\r\n"
+        while not buf and not self._eof:
+            buf = self._read()
+        self._head = buf
+
+    @property
+    def empty(self):
+        """True when nothing but (at most) a From_ line arrived."""
+        return not self._head
+
+    def from_line_sender(self):
+        """The sender named in the From_ line ('From SENDER DATE'), or None."""
+        words = self.from_line.decode("utf-8", "replace").split()
+        return words[1] if len(words) > 1 else None
+
+    def chunks(self):
+        if self._spool is not None:
+            yield from self._spool.replay()
+            return
+        head, self._head = self._head, b""
+        if head:
+            yield head
+        while True:
+            data = self._read()
+            if not data:
+                return
+            yield data
+
+    def spool(self, spool_dir, threshold):
+        """Read the rest of stdin now so that chunks() can be replayed."""
+        if self._spool is None:
+            spool = _Spool(spool_dir, threshold)
+            for data in self.chunks():
+                spool.write(data)
+            self._spool = spool
+
+    def close(self):
+        if self._spool is not None:
+            self._spool.close()
+
+
+class _Spool:
+    """Bytes kept in memory up to a threshold, then in an unnamed temp file."""
+
+    def __init__(self, spool_dir, threshold):
+        self.spool_dir = spool_dir
+        self.threshold = threshold
+        self.memory = []
+        self.held = 0
+        self.fd = None
+
+    def write(self, data):
+        if self.fd is None and self.held + len(data) <= self.threshold:
+            self.memory.append(data)
+            self.held += len(data)
+            return
+        if self.fd is None:
+            # O_TMPFILE: no name, nothing left behind whatever happens next
+            self.fd = os.open(self.spool_dir, os.O_TMPFILE | os.O_RDWR, 0o600)
+            for part in self.memory:
+                _write_all(self.fd, part)
+            self.memory = []
+        _write_all(self.fd, data)
+
+    def replay(self):
+        if self.fd is None:
+            yield from self.memory
+            return
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        while True:
+            data = os.read(self.fd, CHUNK)
+            if not data:
+                return
+            yield data
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,109 @@
+"""Which lists exist: the on-disk check for Mailman 2 and Mailman 3.
+
+Only names that passed address.is_list_name() and address.is_domain() reach
+a path here.  "Not there" and "cannot look" are different answers: the
+first is an unknown list, the second a local fault (the mail stays queued).
+"""
+
+import errno
+import os
+
+
+class RegistryError(Exception):
+    """The list directory could not be examined (permissions, I/O)."""
+
+
+def _exists(path):
+    """True/False for a path; RegistryError when the answer is unknowable."""
+    try:
+        os.stat(path)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            return False
+        raise RegistryError("cannot examine %s: %s" % (path, exc.strerror)) from None
+
+
+def _searchable_dir(path):
+    """The lists directory must exist and be searchable, or nothing is known."""
+    if not os.path.isdir(path):
+        raise RegistryError("lists directory %s does not exist" % path)
+    if not os.access(path, os.X_OK):
+        raise RegistryError("lists directory %s is not searchable by uid %d"
+                            % (path, os.geteuid()))
+
+
+class Mailman2Lists:
+    """A Mailman 2 list exists when LISTS_DIR/<name>/config.pck (or .db) does."""
+
+    certain = True
+
+    def __init__(self, lists_dir):
+        self.lists_dir = lists_dir
+
+    def exists(self, target):
+        _searchable_dir(self.lists_dir)
+        base = os.path.join(self.lists_dir, target.name)
+        return (_exists(os.path.join(base, "config.pck"))
+                or _exists(os.path.join(base, "config.db")))
+
+    def names(self):
+        _searchable_dir(self.lists_dir)
+        return sorted(name for name in os.listdir(self.lists_dir)
+                      if _exists(os.path.join(self.lists_dir, name, "config.pck"))
+                      or _exists(os.path.join(self.lists_dir, name, "config.db")))
+
+
+class Mailman3Lists:
+    """Mailman 3 keeps VAR_DIR/lists/<name>.<domain> per list (the list id).
+
+    This is a fast check only: the LMTP server's RCPT reply is the final word
+    (``test.lists@example.test`` and ``test@lists.example.test`` share a
+    directory; a failed ``mailman create`` can leave an orphan).
+    """
+
+    certain = False
+
+    def __init__(self, var_dir):
+        self.lists_dir = os.path.join(var_dir, "lists")
+
+    def exists(self, target):
+        _searchable_dir(self.lists_dir)
+        return _exists(os.path.join(self.lists_dir,
+                                    target.name + "." + target.domain))
+
+    def names(self):
+        _searchable_dir(self.lists_dir)
+        return sorted(os.listdir(self.lists_dir))
+
+
+class NoLists:
+    """No on-disk view (Mailman 3 without var_dir): LMTP decides alone."""
+
+    certain = False
+
+    def exists(self, target):
+        return None
+
+
+def resolve(readings, lists):
+    """The reading whose list exists, or None.
+
+    With no on-disk view, the best guess is returned: the LIST-ACTION
+    reading (what Mailman 3 itself tries first), then owner-LIST, then the
+    whole name; the LMTP server resolves it again and has the last word.
+    """
+    for target in readings:
+        found = lists.exists(target)
+        if found is None:
+            return readings[1] if len(readings) > 1 else readings[0]
+        if found:
+            return target
+    return None
+
+
+def for_settings(settings):
+    if settings.get("mm-handler", "backend") == "mailman2":
+        return Mailman2Lists(settings.get("mailman2", "lists_dir"))
+    var_dir = settings.get("mailman3", "var_dir")
+    return Mailman3Lists(var_dir) if var_dir else NoLists()
