@@ -32,6 +32,9 @@ def main(argv=None):
 
 
 def _run(argv, log):
+    if argv[:1] == ["maps"]:
+        from .maps import main as maps_main
+        return maps_main(argv[1:])
     try:
         inv = envelope.parse_argv(argv)
     except envelope.UsageError as exc:

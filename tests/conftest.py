@@ -1,0 +1,148 @@
+"""Shared fixtures: the installed mm-handler command, configs, a syslog sink.
+
+The command is pip-installed from the wheelhouse (built by `make test`) into
+a venv made with Debian's /usr/bin/python3 in a world-readable directory,
+and run with an empty environment and cwd "/", as Sendmail runs it.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WHEELHOUSE = ROOT / "wheelhouse"
+MAILMAN_VENV = Path(os.environ.get("MM_HANDLER_MAILMAN_VENV", ROOT / ".venv-mailman"))
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+pytest_plugins = [
+    "tests.peers.mailman3",
+    "tests.peers.sendmail",
+]
+
+
+@pytest.fixture(scope="session")
+def public_tmp():
+    """A temp directory every user can reach (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="mmh-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def handler(public_tmp):
+    """Path of the `mm-handler` command as `pip install` gives it to a user."""
+    wheels = sorted(WHEELHOUSE.glob("mm_handler-*.whl"))
+    assert wheels, "no wheel in %s: run `make test`" % WHEELHOUSE
+    venv = public_tmp / "venv"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
+                    "--disable-pip-version-check", "--no-index",
+                    "--find-links", str(WHEELHOUSE), "mm-handler"], check=True)
+    command = venv / "bin" / "mm-handler"
+    assert command.exists()
+    return command
+
+
+class SyslogSink:
+    """A Unix datagram socket standing in for /dev/log."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self.sock.setblocking(False)
+        self.seen = []
+
+    def lines(self):
+        """Every line received so far (the '<PRI>date ident[pid]: ' kept)."""
+        while True:
+            try:
+                self.seen.append(self.sock.recv(65536).decode("ascii"))
+            except BlockingIOError:
+                return list(self.seen)
+
+    def messages(self):
+        """Just the text after 'mm-handler[pid]: '."""
+        return [line.split("]: ", 1)[1] for line in self.lines()]
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def syslog_sink(tmp_path):
+    sink = SyslogSink(tmp_path / "log.sock")
+    yield sink
+    sink.close()
+
+
+def render_config(sections):
+    """{section: {key: value}} -> INI text."""
+    out = []
+    for section, keys in sections.items():
+        out.append("[%s]" % section)
+        out.extend("%s = %s" % (k, v) for k, v in keys.items())
+        out.append("")
+    return "\n".join(out)
+
+
+@pytest.fixture
+def make_config(tmp_path, syslog_sink):
+    """Write a config file; the syslog socket points at syslog_sink."""
+    def make(sections=None, name="mm-handler.cfg"):
+        sections = {k: dict(v) for k, v in (sections or {}).items()}
+        sections.setdefault("mm-handler", {}).setdefault(
+            "syslog_socket", syslog_sink.path)
+        path = tmp_path / name
+        path.write_text(render_config(sections))
+        return path
+    return make
+
+
+class Run:
+    def __init__(self, proc):
+        self.code = proc.returncode
+        self.stdout = proc.stdout.decode("utf-8", "replace")
+        self.stderr = proc.stderr.decode("utf-8", "replace")
+
+    def __repr__(self):
+        return "Run(code=%d, stdout=%r, stderr=%r)" % (self.code, self.stdout,
+                                                       self.stderr)
+
+
+@pytest.fixture
+def run_handler(handler):
+    """Run the installed command the way Sendmail does: empty env, cwd /."""
+    def run(args, stdin=b"", config=None, timeout=120, env=None):
+        argv = [str(handler)]
+        if config is not None:
+            argv += ["-C", str(config)]
+        proc = subprocess.run(argv + list(args), input=stdin,
+                              capture_output=True, env=env or {}, cwd="/",
+                              timeout=timeout)
+        return Run(proc)
+    return run
+
+
+FROM_LINE = b"From alice@example.org Sun Nov 22 02:44:03 2026\n"
+
+
+def sample_message(subject="test", body=b"Hello list.\n", from_line=FROM_LINE,
+                   message_id=None, extra=b""):
+    """A message as Sendmail hands it over: From_ line, headers, body."""
+    message_id = message_id or "<%s@example.org>" % subject.replace(" ", ".")
+    return (from_line
+            + b"From: Alice <alice@example.org>\n"
+            + b"To: list@lists.example.test\n"
+            + b"Subject: " + subject.encode() + b"\n"
+            + b"Message-ID: " + message_id.encode() + b"\n"
+            + b"Date: Sun, 22 Nov 2026 02:44:03 +0000\n"
+            + extra
+            + b"\n" + body)
