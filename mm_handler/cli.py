@@ -97,6 +97,14 @@ def _say(line):
         pass
 
 
+def _write_stdout(text):
+    try:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def _drain_stdin():
     """Read what Sendmail still writes, so that it never sees a broken pipe.
 
@@ -184,18 +192,26 @@ class Delivery:
 
     def _refuse(self, r, kind, reply=""):
         """Apply the unknown_list / unapproved_action policy to r."""
+        from .bounce import Refusal, render, send_bounce
+        name = r.target.name if r.target else r.guessed_name()
+        action = r.target.action if r.target else "post"
         if kind == "unknown_list":
-            name = r.target.name if r.target else r.guessed_name()
             status, reason = "5.1.1", 'no list named "%s" here' % name
         else:
             status, reason = "5.7.1", 'list "%s" takes no "%s" mail here' % (
-                r.target.name, r.target.action)
+                name, action)
+        refusal = Refusal(r.address, name, action, r.address.rpartition("@")[2],
+                          status, reason, self.sender, reply)
         policy = self.settings.get("mm-handler", kind)
         if policy == "discard":
             return Outcome(EX_OK, "discarded: " + reason, reply)
         if policy == "bounce" and not self.inv.dry_run:
-            from .bounce import send_bounce
-            return send_bounce(self, r, status, reason, reply)
+            return send_bounce(self.settings, self.log, refusal, self.message,
+                               self.settings.get("mm-handler", "spool_dir"),
+                               self.settings.get("mm-handler", "spool_threshold"))
+        # reject: the text goes to stdout, where Sendmail's DSN transcript
+        # carries it, before the one-line reason on stderr
+        _write_stdout(render(self.settings, refusal, self.log))
         return Outcome(EX_NOUSER, "%s <%s>: %s" % (status, r.address, reason), reply)
 
     def _to_mailman3(self, deliverable):

@@ -125,7 +125,8 @@ SCHEMA = {
         "postmaster": ("", str),
         "listinfo_url": ("", str),
         "server": ("", str),
-        "personal_note": ("yes", _boolean),
+        "personal_note": ("This host serves mailing lists only: personal "
+                          "addresses are not offered here.", str),
     },
     "maps": {
         "output_dir": ("/etc/mail/mm-handler", _absolute_path),

@@ -5,7 +5,6 @@ a path here.  "Not there" and "cannot look" are different answers: the
 first is an unknown list, the second a local fault (the mail stays queued).
 """
 
-import errno
 import os
 
 
@@ -18,9 +17,9 @@ def _exists(path):
     try:
         os.stat(path)
         return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
-            return False
         raise RegistryError("cannot examine %s: %s" % (path, exc.strerror)) from None
 
 

@@ -11,7 +11,7 @@ import _signal
 import fcntl
 import os
 import select
-import termios
+import sys
 import time
 
 from .status import EX_OK, EX_TEMPFAIL, Outcome
@@ -27,6 +27,9 @@ WRAPPER_EXIT = {
     8: "the wrapper's mail group name was not found",
 }
 STDERR_KEEP = 2048
+# termios only for this constant costs every message ~0.3 ms on Linux
+FIONREAD = 0x541B if sys.platform.startswith("linux") else \
+    __import__("termios").FIONREAD
 
 
 def describe_status(status):
@@ -155,5 +158,5 @@ def _drain(fd, already):
 def _unread(fd):
     """Bytes still in the pipe: the wrapper did not read the whole message."""
     buf = bytearray(4)
-    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    fcntl.ioctl(fd, FIONREAD, buf)
     return int.from_bytes(buf, "little")

@@ -1,0 +1,287 @@
+"""What the sender learns about an unknown list or an unapproved action.
+
+One template (string.Template placeholders, like Mailman's own) feeds both
+the ``reject`` text that Sendmail's DSN carries and the ``bounce`` letter
+we send ourselves: a multipart/report (RFC 3462/3464) with the template
+text, a delivery-status part and the original (or only its headers).
+The letter goes out with a null envelope sender so that it can never loop,
+and never at all to a null sender or for an automatic message.
+
+Not on the delivery path: imported only when a recipient is refused.
+"""
+
+import os
+import subprocess
+
+from .log import LOG_ERR, LOG_NOTICE, display
+from .status import EX_OK, EX_TEMPFAIL, Outcome
+
+DEFAULT_TEMPLATE = os.path.join(os.path.dirname(__file__), "templates",
+                                "unknown-list.txt")
+MAX_HEADER_BLOCK = 256 * 1024
+HANDOFF_TIMEOUT = 120
+
+
+class Refusal:
+    """Why one recipient is refused, with everything the template can say."""
+
+    def __init__(self, recipient, name, action, domain, status, reason,
+                 sender, reply=""):
+        self.recipient = recipient   # display-safe local@domain
+        self.name = name
+        self.action = action
+        self.domain = domain
+        self.status = status         # 5.1.1 unknown list, 5.7.1 unapproved
+        self.reason = reason
+        self.sender = sender         # clean envelope sender, '' = null
+        self.reply = reply
+
+
+def server_name(settings):
+    return settings.get("bounce", "server") or os.uname().nodename or "localhost"
+
+
+def template_values(settings, refusal):
+    domain = refusal.domain
+    return {
+        "recipient": refusal.recipient,
+        "list": refusal.name,
+        "action": refusal.action,
+        "domain": domain,
+        "sender": refusal.sender or "<>",
+        "reason": refusal.reason,
+        "postmaster": settings.get("bounce", "postmaster") or "postmaster@" + domain,
+        "listinfo_url": settings.get("bounce", "listinfo_url")
+        or "https://%s/" % domain,
+        "server": server_name(settings),
+        "personal_note": settings.get("bounce", "personal_note"),
+    }
+
+
+def decode_template(data, charset=""):
+    """Template bytes -> text: the configured charset, else UTF-8, else chardet.
+
+    Raises ValueError when no charset yields text.
+    """
+    if charset:
+        return data.decode(charset)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    import chardet
+    guess = chardet.detect(data).get("encoding")
+    if not guess:
+        raise ValueError("charset not recognised")
+    return data.decode(guess)
+
+
+def load_template(settings, log=None):
+    """The site template, or the default one when it is missing or broken."""
+    path = settings.get("bounce", "template")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                return decode_template(f.read(1 << 20),
+                                       settings.get("bounce", "template_charset"))
+        except (OSError, ValueError, LookupError) as exc:
+            if log is not None:
+                log.send(LOG_ERR, "bounce template %s unusable (%s); using the "
+                         "default" % (path, exc))
+    with open(DEFAULT_TEMPLATE, "rb") as f:
+        return f.read().decode("utf-8")
+
+
+def render(settings, refusal, log=None):
+    """The template filled in; unknown placeholders stay as written."""
+    from string import Template
+    text = load_template(settings, log)
+    try:
+        return Template(text).safe_substitute(template_values(settings, refusal))
+    except ValueError as exc:  # pragma: no cover - safe_substitute tolerates all
+        if log is not None:
+            log.send(LOG_ERR, "bounce template does not render (%s)" % exc)
+        return text
+
+
+def render_for_recipient(settings, recipient):
+    """``mm-handler --render-template RECIPIENT``: the text a sender would get."""
+    from .address import readings, split_recipient
+    local, domain = split_recipient(recipient, "localhost")
+    found = readings(recipient, domain)
+    target = found[1 if len(found) > 1 else 0] if found else None
+    name = target.name if target else display(local)
+    refusal = Refusal(display(local) + "@" + display(domain), name,
+                      target.action if target else "post", display(domain),
+                      "5.1.1", 'no list named "%s" here' % name, "")
+    text = render(settings, refusal)
+    return text if text.endswith("\n") else text + "\n"
+
+
+# ---------------------------------------------------------------- loops
+
+AUTOMATIC_PRECEDENCE = ("bulk", "junk", "list")
+
+
+def automatic_reason(header_bytes):
+    """Why a message must get no letter (it is automatic), or ''."""
+    from email.parser import BytesHeaderParser
+    headers = BytesHeaderParser().parsebytes(header_bytes)
+    auto = str(headers.get("Auto-Submitted", "")).strip().lower()
+    if auto and not auto.startswith("no"):
+        return "Auto-Submitted: " + display(auto, 40)
+    precedence = str(headers.get("Precedence", "")).strip().lower()
+    if precedence in AUTOMATIC_PRECEDENCE:
+        return "Precedence: " + precedence
+    ctype = headers.get_content_type()
+    if ctype in ("multipart/report", "message/delivery-status"):
+        return "a delivery report (%s)" % ctype
+    return ""
+
+
+def no_letter_reason(sender, header_bytes):
+    if not sender:
+        return "null or unusable envelope sender"
+    if sender.partition("@")[0].lower() == "mailer-daemon":
+        return "sender is MAILER-DAEMON"
+    return automatic_reason(header_bytes)
+
+
+# ---------------------------------------------------------------- letter
+
+def _header_block(data):
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        end = data.find(sep)
+        if end >= 0:
+            return data[:end + len(sep)]
+    return data
+
+
+def build_report(settings, refusal, text, original_head, original_chunks,
+                 original_size):
+    """The RFC 3464 letter as bytes (LF line ends, as sendmail -oi expects).
+
+    `original_head` is the start of the original (its header block at
+    least); `original_chunks` yields the whole original when it is small
+    enough to be attached in full.
+    """
+    from email.charset import QP, Charset
+    from email.utils import formatdate, make_msgid
+    server = server_name(settings)
+    boundary = "=_mm-handler_%d_%s" % (os.getpid(), os.urandom(8).hex())
+    now = formatdate(localtime=True)
+    charset = "us-ascii" if text.isascii() else "utf-8"
+    cs = Charset(charset)
+    body = text
+    cte = "7bit"
+    if charset == "utf-8":
+        cs.body_encoding = QP
+        body = cs.body_encode(text)
+        cte = "quoted-printable"
+    diagnostic = refusal.reply or "550 %s %s" % (refusal.status, refusal.reason)
+    whole = original_size <= settings.get("bounce", "max_original")
+    out = [
+        "From: Mail Delivery System <MAILER-DAEMON@%s>" % server,
+        "To: <%s>" % refusal.sender,
+        "Subject: Undeliverable: %s" % refusal.reason,
+        "Date: " + now,
+        "Message-ID: " + make_msgid("mm-handler", domain=server),
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        'Content-Type: multipart/report; report-type=delivery-status;\n'
+        '\tboundary="%s"' % boundary,
+        "",
+        "This is a MIME-encapsulated delivery status report.",
+        "",
+        "--" + boundary,
+        'Content-Type: text/plain; charset="%s"' % charset,
+        "Content-Transfer-Encoding: " + cte,
+        "Content-Description: Notification",
+        "",
+        body.rstrip("\n"),
+        "",
+        "--" + boundary,
+        "Content-Type: message/delivery-status",
+        "Content-Description: Delivery report",
+        "",
+        "Reporting-MTA: dns; " + server,
+        "Arrival-Date: " + now,
+        "",
+        "Final-Recipient: rfc822; " + refusal.recipient,
+        "Action: failed",
+        "Status: " + refusal.status,
+        "Diagnostic-Code: smtp; " + display(diagnostic.replace("\n", " "), 400),
+        "",
+        "--" + boundary,
+    ]
+    if whole:
+        out += ["Content-Type: message/rfc822",
+                "Content-Description: Undelivered message", ""]
+    else:
+        out += ["Content-Type: text/rfc822-headers",
+                "Content-Description: Headers of the undelivered message "
+                "(%d bytes, over the %d-byte limit)"
+                % (original_size, settings.get("bounce", "max_original")), ""]
+    yield "\n".join(out).encode("ascii") + b"\n"
+    if whole:
+        last = b"\n"
+        for data in original_chunks:
+            if data:
+                last = data[-1:]
+                yield data
+        if last != b"\n":
+            yield b"\n"
+    else:
+        yield _header_block(original_head)
+    yield ("\n--%s--\n" % boundary).encode("ascii")
+
+
+def hand_off(settings, recipient, letter_chunks):
+    """``SENDMAIL -oi -f <> -- RECIPIENT``: no shell, null envelope sender."""
+    program = settings.get("bounce", "sendmail")
+    argv = [program, "-oi", "-f", "<>", "--", recipient]
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={}, cwd="/", close_fds=True)
+    except OSError as exc:
+        return Outcome(EX_TEMPFAIL, "cannot run %s to send the bounce: %s"
+                       % (program, exc.strerror or exc))
+    try:
+        for data in letter_chunks:
+            proc.stdin.write(data)
+        proc.stdin.close()
+        said = proc.stdout.read(4096).decode("utf-8", "replace").strip()
+        code = proc.wait(HANDOFF_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc.kill()
+        proc.wait()
+        return Outcome(EX_TEMPFAIL, "%s failed taking the bounce: %s"
+                       % (program, exc))
+    if code != 0:
+        return Outcome(EX_TEMPFAIL, "%s exited %d taking the bounce"
+                       % (program, code), said)
+    return None
+
+
+def send_bounce(settings, log, refusal, message, spool_dir, threshold):
+    """The ``bounce`` policy for one refused recipient; returns an Outcome."""
+    message.spool(spool_dir, threshold)
+    head = b""
+    for data in message.chunks():
+        head += data
+        if len(head) >= MAX_HEADER_BLOCK or b"\n\n" in head or b"\r\n\r\n" in head:
+            break
+    why_not = no_letter_reason(refusal.sender, _header_block(head))
+    if why_not:
+        log.send(LOG_NOTICE, "no bounce for %s: %s" % (refusal.recipient, why_not))
+        return Outcome(EX_OK, "refused (%s), no bounce: %s"
+                       % (refusal.reason, why_not), refusal.reply)
+    text = render(settings, refusal, log)
+    size = message.size - len(message.from_line)
+    failed = hand_off(settings, refusal.sender, build_report(
+        settings, refusal, text, head, message.chunks(), size))
+    if failed is not None:
+        return failed
+    return Outcome(EX_OK, "refused (%s), bounce sent to <%s>"
+                   % (refusal.reason, refusal.sender), refusal.reply)
