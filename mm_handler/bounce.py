@@ -158,12 +158,12 @@ def _header_block(data):
 
 
 def build_report(settings, refusal, text, original_head, original_chunks,
-                 original_size):
+                 original_size, eight_bit=False):
     """The RFC 3464 letter as bytes (LF line ends, as sendmail -oi expects).
 
     `original_head` is the start of the original (its header block at
     least); `original_chunks` yields the whole original when it is small
-    enough to be attached in full.
+    enough to be attached in full; `eight_bit` says it has non-ASCII bytes.
     """
     from email.charset import QP, Charset
     from email.utils import formatdate, make_msgid
@@ -216,7 +216,8 @@ def build_report(settings, refusal, text, original_head, original_chunks,
     ]
     if whole:
         out += ["Content-Type: message/rfc822",
-                "Content-Description: Undelivered message", ""]
+                "Content-Description: Undelivered message"]
+        out += ["Content-Transfer-Encoding: 8bit", ""] if eight_bit else [""]
     else:
         out += ["Content-Type: text/rfc822-headers",
                 "Content-Description: Headers of the undelivered message "
@@ -279,8 +280,9 @@ def send_bounce(settings, log, refusal, message, spool_dir, threshold):
                        % (refusal.reason, why_not), refusal.reply)
     text = render(settings, refusal, log)
     size = message.size - len(message.from_line)
+    eight_bit = not all(data.isascii() for data in message.chunks())
     failed = hand_off(settings, refusal.sender, build_report(
-        settings, refusal, text, head, message.chunks(), size))
+        settings, refusal, text, head, message.chunks(), size, eight_bit))
     if failed is not None:
         return failed
     return Outcome(EX_OK, "refused (%s), bounce sent to <%s>"
