@@ -11,8 +11,8 @@ PIP_QUIET := -q --disable-pip-version-check
 test: $(VENV)/.ready $(MAILMAN_VENV)/.ready
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests
 
-demo: $(MAILMAN_VENV)/.ready
-	$(PY) demo/demo.py
+demo: $(VENV)/.ready $(MAILMAN_VENV)/.ready
+	$(VENV)/bin/python demo/demo.py
 
 bench: $(VENV)/.ready $(MAILMAN_VENV)/.ready
 	$(VENV)/bin/python bench/startup.py
