@@ -189,7 +189,8 @@ n = len(os.listdir(out))
 data = sys.stdin.buffer.read()
 with open(os.path.join(out, "%d.json" % n), "w") as f:
     json.dump({"argv": sys.argv[1:], "letter": data.decode("utf-8", "replace")}, f)
-sys.exit(int(os.environ.get("CAPTURE_EXIT", "0")))
+code = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exit-code")
+sys.exit(int(open(code).read()) if os.path.exists(code) else 0)
 """
 
 
@@ -288,6 +289,17 @@ def test_bounce_that_cannot_be_handed_off_keeps_the_mail(run_handler, make_confi
                       sample_message(), cfg)
     assert run.code == 75
     assert "send the bounce" in run.stderr and run.stderr.strip().endswith("kept for retry")
+
+
+def test_bounce_refused_by_sendmail_keeps_the_mail(run_handler, make_config,
+                                                   mm2_lists, capture):
+    (capture.parent / "exit-code").write_text("71")
+    cfg = policy_config(make_config, mm2_lists, capture, "bounce")
+    run = run_handler(["-r", "alice@example.org", "lists.example.test", "news-x"],
+                      sample_message(), cfg)
+    assert run.code == 75
+    assert "exited 71 taking the bounce" in run.stderr
+    assert len(sent(capture)) == 1
 
 
 @pytest.mark.parametrize("args,extra", [
