@@ -113,6 +113,24 @@ def write_config(where, name, text):
     return path
 
 
+def setup():
+    """A user-style install, a wrapper sink with list "bench", an LMTP sink,
+    and one config per backend: (workdir, handler, mm2.cfg, mm3.cfg, sink)."""
+    where = workdir()
+    handler = str(install(where))
+    sink = wrapper_sink(where)
+    (where / "lists" / "bench").mkdir(parents=True)
+    (where / "lists" / "bench" / "config.pck").write_bytes(b"")
+    lmtp = LMTPSink()
+    mm2 = write_config(where, "mm2.cfg", "[mm-handler]\nbackend = mailman2\n"
+                       "syslog_socket = %s/nolog\n[mailman2]\nwrapper = %s\n"
+                       "lists_dir = %s/lists\n" % (where, sink, where))
+    mm3 = write_config(where, "mm3.cfg", "[mm-handler]\nbackend = mailman3\n"
+                       "syslog_socket = %s/nolog\n[mailman3]\nlmtp = 127.0.0.1:%d\n"
+                       % (where, lmtp.port))
+    return where, handler, mm2, mm3, lmtp
+
+
 def spawn_timed(argv, stdin_path=None, stdin_bytes_gen=None):
     """Run argv like Sendmail (empty env, cwd /); (seconds, status, maxrss KiB)."""
     if stdin_path is not None:

@@ -6,8 +6,7 @@ wrapper sink is a separate process).  Goal: <= 32 MiB on both paths.
 
 import sys
 
-from common import (FROM_LINE, LMTPSink, SYSTEM_PYTHON, install, spawn_timed,
-                    workdir, wrapper_sink, write_config)
+from common import (FROM_LINE, SYSTEM_PYTHON, setup, spawn_timed)
 
 SIZE = int(sys.argv[1]) if len(sys.argv) > 1 else 100 * 1024 * 1024
 
@@ -23,18 +22,7 @@ def message(size):
 
 
 def main():
-    where = workdir()
-    handler = str(install(where))
-    sink = wrapper_sink(where)
-    (where / "lists" / "bench").mkdir(parents=True)
-    (where / "lists" / "bench" / "config.pck").write_bytes(b"")
-    lmtp = LMTPSink()
-    mm2 = write_config(where, "mm2.cfg", "[mm-handler]\nbackend = mailman2\n"
-                       "syslog_socket = %s/nolog\n[mailman2]\nwrapper = %s\n"
-                       "lists_dir = %s/lists\n" % (where, sink, where))
-    mm3 = write_config(where, "mm3.cfg", "[mm-handler]\nbackend = mailman3\n"
-                       "syslog_socket = %s/nolog\n[mailman3]\nlmtp = 127.0.0.1:%d\n"
-                       % (where, lmtp.port))
+    where, handler, mm2, mm3, lmtp = setup()
     _, _, floor_rss = spawn_timed([SYSTEM_PYTHON, "-c", "pass"], "/dev/null")
     print("memory bench: %.0f MB message; floor `python -c pass` %.1f MiB"
           % (SIZE / 1e6, floor_rss / 1024))

@@ -10,25 +10,13 @@ every case alike.  Goals: wrapper path <= 1.8x, LMTP path <= 2.2x.
 import statistics
 import sys
 
-from common import (LMTPSink, SYSTEM_PYTHON, install, message_10k, spawn_timed,
-                    workdir, wrapper_sink, write_config)
+from common import (SYSTEM_PYTHON, message_10k, setup, spawn_timed)
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 
 
 def main():
-    where = workdir()
-    handler = str(install(where))
-    sink = wrapper_sink(where)
-    (where / "lists" / "bench").mkdir(parents=True)
-    (where / "lists" / "bench" / "config.pck").write_bytes(b"")
-    lmtp = LMTPSink()
-    mm2 = write_config(where, "mm2.cfg", "[mm-handler]\nbackend = mailman2\n"
-                       "syslog_socket = %s/nolog\n[mailman2]\nwrapper = %s\n"
-                       "lists_dir = %s/lists\n" % (where, sink, where))
-    mm3 = write_config(where, "mm3.cfg", "[mm-handler]\nbackend = mailman3\n"
-                       "syslog_socket = %s/nolog\n[mailman3]\nlmtp = 127.0.0.1:%d\n"
-                       % (where, lmtp.port))
+    where, handler, mm2, mm3, lmtp = setup()
     msg = message_10k(where / "msg")
     cases = {
         "floor: python -I -S -c pass": [SYSTEM_PYTHON, "-I", "-S", "-c", "pass"],
