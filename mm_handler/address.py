@@ -78,8 +78,9 @@ def split_recipient(recipient, default_domain):
     """
     local, at, domain = recipient.rpartition("@")
     if not at:
-        return recipient, default_domain.lower()
-    return local, domain.lower()
+        local, domain = recipient, default_domain
+    domain = domain.lower()
+    return local, domain[:-1] if domain.endswith(".") else domain
 
 
 def readings(recipient, default_domain):

@@ -306,14 +306,15 @@ class Delivery:
             _drain_stdin()
         return code
 
-    @staticmethod
-    def _error_line(r):
+    def _error_line(self, r):
         o = r.outcome
         line = o.reason
         if not line[:1].isdigit():
             line = "%s <%s>: %s" % (enhanced(o.code), r.address, o.reason)
         if o.reply:
-            line += " (server said: %s)" % display(o.reply.replace("\n", " "))
+            line += " (%s said: %s)" % (
+                "wrapper" if self.backend == "mailman2" else "LMTP server",
+                display(o.reply.replace("\n", " ")))
         if is_temporary(o.code):
             line += "; kept for retry"
         return line
