@@ -253,8 +253,15 @@ class Delivery:
                                         "not executable" % program)
             return
         if len(deliverable) > 1:
-            self.message.spool(self.settings.get("mm-handler", "spool_dir"),
-                               self.settings.get("mm-handler", "spool_threshold"))
+            spool_dir = self.settings.get("mm-handler", "spool_dir")
+            try:
+                self.message.spool(spool_dir, self.settings.get(
+                    "mm-handler", "spool_threshold"))
+            except OSError as exc:
+                for r in deliverable:
+                    r.outcome = Outcome(EX_TEMPFAIL, "cannot spool the message in "
+                                        "%s: %s" % (spool_dir, exc.strerror or exc))
+                return
         timeout = self.settings.get("mailman2", "timeout")
         for r in deliverable:
             r.outcome = wrapper.deliver(
@@ -309,7 +316,8 @@ class Delivery:
     def _error_line(self, r):
         o = r.outcome
         line = o.reason
-        if not line[:1].isdigit():
+        status = line.split(" ", 1)[0].split(".")   # "5.1.1", not "127.0.0.1:24"
+        if not (len(status) == 3 and all(p.isdigit() for p in status)):
             line = "%s <%s>: %s" % (enhanced(o.code), r.address, o.reason)
         if o.reply:
             line += " (%s said: %s)" % (

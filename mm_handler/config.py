@@ -132,9 +132,16 @@ SCHEMA = {
         "output_dir": ("/etc/mail/mm-handler", _absolute_path),
         "makemap": ("/usr/sbin/makemap", _absolute_path),
         "run_makemap": ("no", _boolean),
+        "map_type": ("hash", _choice("hash", "btree", "cdb")),
         "domains": ("", _words),
         "pseudo_domain": ("mailman.invalid", str),
+        "mailer": ("mailman", str),
+        "roles": ("postmaster abuse hostmaster webmaster mailer-daemon root",
+                  _words),
         "role_target": ("", str),
+        "reject": ("error:5.1.1:550 No such list address here", str),
+        "site_virtusertable": ("", _absolute_path),
+        "site_mailertable": ("", _absolute_path),
     },
 }
 

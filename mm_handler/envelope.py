@@ -26,6 +26,10 @@ MAX_FROM_LINE = 8192
 NULL_SENDERS = ("", "<>", "mailer-daemon")
 
 
+MODE_OPTIONS = ("-h", "--help", "--version", "--dry-run", "--check",
+                "--render-template")
+
+
 class UsageError(Exception):
     """The command line does not fit the mailer contract."""
 
@@ -50,10 +54,18 @@ def parse_argv(argv):
     """
     inv = Invocation()
     args = list(argv)
+    seen = set()
     while args and args[0].startswith("-") and args[0] != "-":
         opt = args.pop(0)
         if opt == "--":
             break
+        # Sendmail puts -r SENDER first; an option met twice, or a mode
+        # option after it, is a HOST ($h) that looks like an option
+        name = "-r" if opt[:2] in ("-r", "-f") else "-C" if opt[:2] == "-C" else opt
+        if name in seen or (inv.sender is not None and name in MODE_OPTIONS):
+            raise UsageError("option %r %s (is HOST an option?)" % (
+                opt[:40], "given twice" if name in seen else "after -r SENDER"))
+        seen.add(name)
         if opt in ("-h", "--help"):
             inv.mode = "help"
             return inv
@@ -170,11 +182,12 @@ class Message:
         while not buf and not self._eof:
             buf = self._read()
         self._head = buf
+        self._empty = not buf       # _head is consumed by chunks()/spool()
 
     @property
     def empty(self):
         """True when nothing but (at most) a From_ line arrived."""
-        return not self._head
+        return self._empty
 
     def from_line_sender(self):
         """The sender named in the From_ line ('From SENDER DATE'), or None."""

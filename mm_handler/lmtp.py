@@ -20,6 +20,11 @@ from .status import EX_OK, EX_TEMPFAIL, Outcome, exit_for_reply
 CRLF = b"\r\n"
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
+# Replies after the final dot that Mailman 3.3 (aiosmtpd) sends ONCE for the
+# whole transaction, however many recipients: 501 "Message has defects",
+# 500 "Line too long" (a line of 1000 bytes or more before its CRLF) and
+# 552 "Too much mail data" (over 32 MiB).
+MESSAGE_WIDE = (500, 501, 552)
 
 
 class ExchangeError(Exception):
@@ -267,9 +272,10 @@ def _transaction(conn, rcpts, header, chunks):
                                       str(reply), "dot")
                 continue
             outcomes[i] = _failure("dot", reply, conn.name)
-            if reply.code == 501:
-                # Mailman 3 answers a defective message once, not once per
-                # recipient: the defect is the message's, so it is everyone's.
+            if reply.code in MESSAGE_WIDE:
+                # Mailman 3 answers these once, not once per recipient: the
+                # fault is the message's, so it is everyone's (waiting for
+                # more replies would hang until the timeout).
                 return _fill(outcomes, accepted[n:], outcomes[i])
     except ExchangeError as exc:
         # After DATA began, an accepted recipient may or may not be queued

@@ -68,8 +68,10 @@ class Mailman3Lists:
 
     def exists(self, target):
         _searchable_dir(self.lists_dir)
-        return _exists(os.path.join(self.lists_dir,
-                                    target.name + "." + target.domain))
+        entry = target.name + "." + target.domain
+        if len(entry) > 255:    # NAME_MAX: no such directory can exist
+            return False
+        return _exists(os.path.join(self.lists_dir, entry))
 
     def names(self):
         _searchable_dir(self.lists_dir)

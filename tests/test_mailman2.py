@@ -1,0 +1,408 @@
+"""The Mailman 2 wrapper path, end to end through the installed command.
+
+The wrapper is tests/peers/mailman2_wrapper.py, a stand-in that follows
+../shared/docs/mailman2-wrapper.md: group check (exit 2), illegal command
+(6), missing list (1), otherwise the whole of stdin into qfiles/in/.
+"""
+
+import os
+import re
+
+import pytest
+
+from tests.conftest import FROM_LINE, sample_message
+from tests.peers.mailman2_wrapper import Installed
+
+HOST = "lists.example.test"
+TRACE = b"X-Mailman-Handler: mm-handler 0.1.0\n"
+ALL_ACTIONS = "post admin bounces confirm join leave owner request subscribe unsubscribe"
+
+
+@pytest.fixture
+def mm2(tmp_path):
+    return Installed(tmp_path / "mailman", lists=["test", "my-list", "news-bounces",
+                                                  "x-owner", "other"])
+
+
+@pytest.fixture
+def config(make_config, mm2):
+    def make(**mm_handler):
+        return make_config({
+            "mm-handler": dict({"backend": "mailman2"}, **mm_handler),
+            "mailman2": {"wrapper": mm2.path, "lists_dir": mm2.lists_dir,
+                         "timeout": "20"},
+        })
+    return make
+
+
+def queued_bytes(mm2):
+    return [data for _, data in mm2.queued()]
+
+
+def expected_queue_file(message, trace=TRACE):
+    """What lands in qfiles/in/: the From_ line, the trace header, the rest."""
+    assert message.startswith(b"From ")
+    end = message.index(b"\n") + 1
+    eol = b"\r\n" if message[:end].endswith(b"\r\n") else b"\n"
+    return message[:end] + (trace[:-1] + eol if trace else b"") + message[end:]
+
+
+def delivery_lines(syslog_sink):
+    return [m for m in syslog_sink.messages() if m.startswith("sender=")]
+
+
+# --- every action lands once, byte-exact, with the right argv -------------------
+
+@pytest.mark.parametrize("recipient, action, listname", [
+    ("test", "post", "test"),
+    ("test-admin", "admin", "test"),
+    ("test-bounces", "bounces", "test"),
+    ("test-confirm", "confirm", "test"),
+    ("test-join", "join", "test"),
+    ("test-leave", "leave", "test"),
+    ("test-owner", "owner", "test"),
+    ("test-request", "request", "test"),
+    ("test-subscribe", "subscribe", "test"),
+    ("test-unsubscribe", "unsubscribe", "test"),
+    ("owner-test", "owner", "test"),
+    ("test-bounces+alice=example.org", "bounces", "test"),
+    ("test-confirm+0123abcd", "confirm", "test"),
+    ("Test-Request", "request", "test"),
+    ("TEST", "post", "test"),
+    ("test@" + HOST, "post", "test"),
+    ("my-list-request", "request", "my-list"),
+    ("my-list", "post", "my-list"),
+    ("news-bounces", "post", "news-bounces"),   # a list really named so wins
+    ("x-owner", "post", "x-owner"),
+])
+def test_each_address_reaches_its_list_and_action(run_handler, config, mm2, syslog_sink,
+                                                  recipient, action, listname):
+    message = sample_message()
+    r = run_handler(["-r", "alice@example.org", HOST, recipient], message, config())
+    assert (r.code, r.stderr, r.stdout) == (0, "", "")
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+    runs = mm2.runs()
+    assert [run["argv"] for run in runs] == [[action, listname]]
+    assert runs[0]["outcome"] == "queued"
+    [line] = delivery_lines(syslog_sink)
+    assert re.fullmatch(
+        r'sender=<alice@example\.org> recipient=%s list=%s action=%s '
+        r'backend=mailman2 status=0 dry_run=no reason="accepted by the Mailman 2 '
+        r'wrapper" reply=- size=%d ms=\d+'
+        % (re.escape(recipient.lower() if "@" in recipient else recipient + "@" + HOST),
+           re.escape(listname), action, len(message)), line), line
+
+
+def test_the_from_line_comes_first_then_the_trace_header(run_handler, config, mm2):
+    message = sample_message()
+    r = run_handler(["-r", "alice@example.org", HOST, "test"], message, config())
+    assert r.code == 0
+    [data] = queued_bytes(mm2)
+    lines = data.split(b"\n")
+    assert lines[0] + b"\n" == FROM_LINE
+    assert lines[1] + b"\n" == TRACE
+    assert lines[2].startswith(b"From: Alice")
+    assert data == FROM_LINE + TRACE + message[len(FROM_LINE):]
+
+
+def test_without_the_trace_header_the_bytes_are_untouched(run_handler, config, mm2):
+    message = sample_message()
+    r = run_handler([HOST, "test"], message, config(trace_header="no"))
+    assert r.code == 0
+    assert queued_bytes(mm2) == [message]
+
+
+@pytest.mark.parametrize("name, body", [
+    ("8-bit", "Grüße, ça va? 日本語\n".encode("utf-8") + bytes(range(128, 256)) + b"\n"),
+    ("latin-1", b"Gr\xfc\xdfe\n"),
+    ("dot lines", b".\n..\n. \n.leading dot\n...\n"),
+    ("From lines", b"From here to there\n>From quoted\nFrom \n"),
+    ("no final newline", b"first line\nlast line without newline"),
+    ("CRLF", b"line one\r\nline two\r\n.\r\n"),
+    ("bare CR", b"a\rb\r\rc\n\r"),
+    ("NUL bytes", b"nul\x00in\x00the middle\n\x00"),
+    ("empty body", b""),
+    ("long line", b"x" * 300000 + b"\n"),
+])
+def test_bytes_arrive_exactly_as_sent(run_handler, config, mm2, name, body):
+    message = sample_message(body=body)
+    r = run_handler([HOST, "test"], message, config())
+    assert r.code == 0, r
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+
+
+def test_crlf_from_line_gets_a_crlf_trace_header(run_handler, config, mm2):
+    message = (b"From alice@example.org Sun Nov 22 02:44:03 2026\r\n"
+               b"Subject: crlf\r\n\r\nbody\r\n")
+    r = run_handler([HOST, "test"], message, config())
+    assert r.code == 0
+    [data] = queued_bytes(mm2)
+    assert data == (b"From alice@example.org Sun Nov 22 02:44:03 2026\r\n"
+                    b"X-Mailman-Handler: mm-handler 0.1.0\r\n"
+                    b"Subject: crlf\r\n\r\nbody\r\n")
+
+
+def test_a_message_without_from_line_is_passed_as_it_came(run_handler, config, mm2,
+                                                          syslog_sink):
+    message = b"Subject: no from line\n\nbody\n"
+    r = run_handler(["-r", "bob@example.org", HOST, "test"], message, config())
+    assert r.code == 0
+    assert queued_bytes(mm2) == [TRACE + message]
+    [line] = delivery_lines(syslog_sink)
+    assert line.startswith("sender=<bob@example.org> ")
+
+
+def test_a_large_message_streams_through(run_handler, config, mm2):
+    body = b"".join(b"%08d %s\n" % (i, b"y" * 90) for i in range(60000))   # ~6 MB
+    message = sample_message(body=body)
+    r = run_handler([HOST, "test"], message, config())
+    assert r.code == 0
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+
+
+# --- senders in the log ------------------------------------------------------------
+
+@pytest.mark.parametrize("args, logged", [
+    (["-r", "bob@example.org"], "<bob@example.org>"),
+    (["-r", "<bob@example.org>"], "<bob@example.org>"),
+    (["-r", "MAILER-DAEMON"], "<>"),
+    (["-r", "<>"], "<>"),
+    (["-r", ""], "<>"),
+    ([], "<alice@example.org>"),            # taken from the From_ line
+    (["-fcarol@example.org"], "<carol@example.org>"),
+])
+def test_the_sender(run_handler, config, mm2, syslog_sink, args, logged):
+    r = run_handler(args + [HOST, "test"], sample_message(), config())
+    assert r.code == 0
+    [line] = delivery_lines(syslog_sink)
+    assert line.startswith("sender=%s recipient=test@%s " % (logged, HOST))
+
+
+# --- several recipients: each gets the whole message once ---------------------------
+
+def test_several_recipients_each_get_the_message_once(run_handler, config, mm2,
+                                                      syslog_sink):
+    message = sample_message(body=b"to three addresses\n")
+    r = run_handler([HOST, "test", "my-list-request", "other-bounces+a=b.example"],
+                    message, config())
+    assert (r.code, r.stderr) == (0, "")
+    assert queued_bytes(mm2) == [expected_queue_file(message)] * 3
+    assert [run["argv"] for run in mm2.runs()] == [
+        ["post", "test"], ["request", "my-list"], ["bounces", "other"]]
+    lines = delivery_lines(syslog_sink)
+    assert len(lines) == 3 and all(" status=0 " in l for l in lines)
+
+
+@pytest.mark.parametrize("threshold, size", [
+    (0, 10),                  # everything in the temp file
+    (1024, 300 * 1024),       # past the threshold: memory, then the temp file
+    (4 * 1024 * 1024, 300 * 1024),   # under it: memory only
+    (65536, 65536 * 3 + 1),   # chunk boundaries
+])
+def test_spooling_for_several_recipients(run_handler, config, mm2, tmp_path,
+                                         threshold, size):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    body = (b"0123456789abcdef.\n" * (size // 18 + 1))[:size]
+    message = sample_message(body=body)
+    r = run_handler([HOST, "test", "other", "my-list"], message,
+                    config(spool_dir=str(spool), spool_threshold=str(threshold)))
+    assert (r.code, r.stderr) == (0, "")
+    assert queued_bytes(mm2) == [expected_queue_file(message)] * 3
+    assert os.listdir(spool) == []          # O_TMPFILE: nothing left behind
+
+
+def test_a_missing_spool_directory_keeps_the_mail(run_handler, config, mm2, tmp_path):
+    r = run_handler([HOST, "test", "other"], sample_message(body=b"z" * 5000),
+                    config(spool_dir=str(tmp_path / "nowhere"), spool_threshold="100"))
+    assert r.code == 75
+    assert r.stderr == "".join(
+        "4.3.0 <%s@%s>: cannot spool the message in %s: No such file or directory; "
+        "kept for retry\n" % (name, HOST, tmp_path / "nowhere") for name in ("test", "other"))
+    assert queued_bytes(mm2) == []
+
+
+def test_one_unknown_recipient_among_several(run_handler, config, mm2):
+    message = sample_message()
+    r = run_handler([HOST, "test", "nope"], message, config())
+    assert r.code == 67
+    assert r.stderr == '5.1.1 <nope@%s>: no list named "nope" here\n' % HOST
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+
+
+def test_one_failing_recipient_keeps_the_mail_for_all(run_handler, config, mm2,
+                                                      make_config, tmp_path):
+    # "gone" exists in mm-handler's view of the lists but not in Mailman's
+    view = tmp_path / "view"
+    for name in ("test", "gone"):
+        (view / name).mkdir(parents=True)
+        (view / name / "config.pck").write_bytes(b"")
+    cfg = make_config({"mm-handler": {"backend": "mailman2"},
+                       "mailman2": {"wrapper": mm2.path, "lists_dir": str(view)}})
+    message = sample_message()
+    r = run_handler([HOST, "test", "gone"], message, cfg)
+    assert r.code == 75
+    assert r.stderr == ("4.3.0 <gone@%s>: wrapper exit 1: the Mailman script failed "
+                        "(list missing or a Python error) (wrapper said: post script, "
+                        "list not found: gone); kept for retry\n" % HOST)
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+
+
+# --- unknown lists and unapproved actions -------------------------------------------
+
+@pytest.mark.parametrize("recipient, name", [
+    ("nope", "nope"), ("nope-request", "nope"), ("test-foo", "test-foo"),
+    ("owner-nope", "nope"), ("../test", "../test"), ("-test", "-test"),
+])
+def test_unknown_list_is_rejected(run_handler, config, mm2, syslog_sink, recipient, name):
+    r = run_handler([HOST, recipient], sample_message(), config())
+    assert r.code == 67
+    assert r.stderr == '5.1.1 <%s@%s>: no list named "%s" here\n' % (recipient, HOST, name)
+    assert mm2.runs() == [] and queued_bytes(mm2) == []
+    [line] = delivery_lines(syslog_sink)
+    assert " list=- action=- backend=mailman2 status=67 " in line
+
+
+def test_unknown_list_discarded(run_handler, config, mm2, syslog_sink):
+    r = run_handler([HOST, "nope"], sample_message(), config(unknown_list="discard"))
+    assert (r.code, r.stderr) == (0, "")
+    assert mm2.runs() == [] and queued_bytes(mm2) == []
+    [line] = delivery_lines(syslog_sink)
+    assert ' status=0 ' in line and 'reason="discarded: no list named \'nope\' here"' in line
+
+
+def test_a_bounced_recipient_does_not_starve_the_others(run_handler, make_config, mm2,
+                                                       tmp_path):
+    # the bounce policy reads the whole message for its letter first
+    letters = tmp_path / "letters"
+    letters.mkdir()
+    sendmail = tmp_path / "sendmail"
+    sendmail.write_text('#!/bin/sh\nexec /bin/cat > "%s/$$"\n' % letters)
+    sendmail.chmod(0o755)
+    cfg = make_config({"mm-handler": {"backend": "mailman2", "unknown_list": "bounce"},
+                       "mailman2": {"wrapper": mm2.path, "lists_dir": mm2.lists_dir},
+                       "bounce": {"sendmail": str(sendmail)}})
+    message = sample_message()
+    r = run_handler(["-r", "alice@example.org", HOST, "nope", "test"], message, cfg)
+    assert (r.code, r.stderr) == (0, "")
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+    assert len(os.listdir(letters)) == 1
+
+
+def test_an_unapproved_action_is_rejected(run_handler, config, mm2):
+    r = run_handler([HOST, "test-request"], sample_message(),
+                    config(approved_actions="post bounces"))
+    assert r.code == 67
+    assert r.stderr == ('5.7.1 <test-request@%s>: list "test" takes no "request" '
+                        'mail here\n' % HOST)
+    assert mm2.runs() == [] and queued_bytes(mm2) == []
+
+
+def test_a_list_with_only_config_db_exists(run_handler, config, mm2):
+    mm2.add_list("old", filename="config.db")
+    r = run_handler([HOST, "old"], sample_message(), config())
+    assert r.code == 0 and len(queued_bytes(mm2)) == 1
+
+
+# --- every wrapper status maps as issue 2 says; nothing is lost ----------------------
+
+WRAPPER_STATUSES = [
+    # (wrapper settings, reason in our line, the wrapper's words)
+    ({"group": "nogroup"}, "wrapper exit 2: group mismatch: the mailer's U= group is "
+     "not the group the wrapper was compiled for", "Group mismatch error."),
+    ({"group": "mm-no-such-group"}, "wrapper exit 8: the wrapper's mail group name "
+     "was not found", "Failure to find group name mm-no-such-group."),
+    ({"fault": "exit", "code": 1}, "wrapper exit 1: the Mailman script failed "
+     "(list missing or a Python error)", "injected fault: exit 1"),
+    ({"fault": "exit", "code": 3}, "wrapper exit 3: setregid() failed",
+     "injected fault: exit 3"),
+    ({"fault": "exit", "code": 4}, "wrapper exit 4: the wrapper could not exec its "
+     "script", "injected fault: exit 4"),
+    ({"fault": "exit", "code": 5}, "wrapper exit 5: the wrapper reports a usage error",
+     "injected fault: exit 5"),
+    ({"fault": "exit", "code": 6}, "wrapper exit 6: the wrapper reports an illegal "
+     "command", "injected fault: exit 6"),
+    ({"fault": "exit", "code": 7}, "wrapper exit 7: unexpected status",
+     "injected fault: exit 7"),
+    ({"fault": "exit", "code": 75}, "wrapper exit 75: unexpected status",
+     "injected fault: exit 75"),
+    ({"fault": "exit", "code": 255}, "wrapper exit 255: unexpected status",
+     "injected fault: exit 255"),
+    ({"fault": "exit", "code": 67, "after_read": True}, "wrapper exit 67: unexpected "
+     "status", "injected fault: exit 67"),
+    ({"fault": "signal", "signal": 9}, "wrapper killed by signal 9", None),
+    ({"fault": "signal", "signal": 11}, "wrapper killed by signal 11", None),
+    ({"fault": "signal", "signal": 15, "after_read": True},
+     "wrapper killed by signal 15", None),
+    ({"fault": "noread"}, "wrapper exited 0 without reading the whole message", None),
+    ({"fault": "partial", "bytes": 10}, "wrapper exited 0 without reading the whole "
+     "message", None),
+]
+
+
+@pytest.mark.parametrize("settings, reason, said", WRAPPER_STATUSES,
+                         ids=[str(s) for s, _, _ in WRAPPER_STATUSES])
+def test_every_wrapper_failure_keeps_the_mail(run_handler, config, mm2, syslog_sink,
+                                              settings, reason, said):
+    mm2.configure(**settings)
+    r = run_handler([HOST, "test"], sample_message(body=b"q" * 200000), config())
+    assert r.code == 75, r
+    line = "4.3.0 <test@%s>: %s" % (HOST, reason)
+    assert r.stderr.startswith(line), r.stderr
+    assert r.stderr.endswith("; kept for retry\n") and r.stderr.count("\n") == 1
+    if said:
+        assert "(wrapper said: %s" % said in r.stderr
+    [log] = delivery_lines(syslog_sink)
+    assert ' status=75 ' in log and 'reason="%s"' % reason in log
+    if settings.get("fault") == "partial":
+        # the truncated copy is Mailman's problem; the whole mail stays queued
+        assert [len(d) for d in queued_bytes(mm2)] == [10]
+    else:
+        assert queued_bytes(mm2) == []
+
+
+def test_the_list_missing_in_mailman_keeps_the_mail(run_handler, config, mm2,
+                                                    syslog_sink, tmp_path):
+    mm2.configure(lists_dir=str(tmp_path / "elsewhere"))
+    r = run_handler([HOST, "test"], sample_message(), config())
+    assert r.code == 75
+    assert r.stderr == ("4.3.0 <test@%s>: wrapper exit 1: the Mailman script failed "
+                        "(list missing or a Python error) (wrapper said: post script, "
+                        "list not found: test); kept for retry\n" % HOST)
+    assert queued_bytes(mm2) == []
+
+
+def test_a_fault_then_a_retry_delivers_exactly_once(run_handler, config, mm2):
+    message = sample_message()
+    mm2.configure(group="nogroup")
+    assert run_handler([HOST, "test"], message, config()).code == 75
+    assert queued_bytes(mm2) == []
+    mm2.configure(group="root")         # the admin fixes the group
+    assert run_handler([HOST, "test"], message, config()).code == 0
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+
+
+def test_a_slow_wrapper_is_killed_and_the_mail_kept(run_handler, make_config, mm2):
+    mm2.configure(fault="sleep", seconds=30)
+    cfg = make_config({"mm-handler": {"backend": "mailman2"},
+                       "mailman2": {"wrapper": mm2.path, "lists_dir": mm2.lists_dir,
+                                    "timeout": "1"}})
+    r = run_handler([HOST, "test"], sample_message(), cfg, timeout=20)
+    assert r.code == 75
+    assert r.stderr == ("4.3.0 <test@%s>: wrapper did not finish within 1 s and was "
+                        "killed; kept for retry\n" % HOST)
+    assert queued_bytes(mm2) == []
+
+
+# --- the manual pipe test --------------------------------------------------------------
+
+def test_dry_run_prints_the_wrapper_argv_and_delivers_nothing(run_handler, config, mm2):
+    r = run_handler(["--dry-run", HOST, "test-request", "nope"], sample_message(),
+                    config())
+    assert r.code == 67
+    assert ("recipient test-request@%s: list test, action request, backend mailman2: "
+            "%s request test\n" % (HOST, mm2.path)) in r.stdout
+    assert "recipient test-request@%s: exit 0: dry run: wrapper is executable\n" % HOST \
+        in r.stdout
+    assert r.stdout.endswith("exit status: 67\n")
+    assert mm2.runs() == [] and queued_bytes(mm2) == []
