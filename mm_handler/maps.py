@@ -8,8 +8,10 @@ Writes, in the output directory (``[maps] output_dir``):
     ``+detail``: VERP and confirmation addresses pass); the role addresses
     (``[maps] roles``) to ``[maps] role_target`` or the local alias of the
     same name; and per list domain a catch-all ``@DOMAIN
-    error:5.1.1:550 ...`` entry, so that Sendmail answers 550 5.1.1 at RCPT
-    time for every other address in the domain.
+    error:5.1.1:550 ...`` entry (``[maps] reject``), so that Sendmail answers
+    550 5.1.1 at RCPT time for every other address in the domain.  With
+    ``reject`` empty there is no catch-all: other addresses are left to
+    Sendmail (a domain shared with people's mailboxes).
 ``mailertable``
     ``.PSEUDO  mailman:%1`` (gives the mailer $h = the real list domain back)
     and ``DOMAIN  mailman:DOMAIN`` per domain, for sites that use it as is
@@ -180,10 +182,12 @@ class Tables:
                 raise MapsError("[maps] roles: %r is not a local part" % role,
                                 EX_CONFIG)
         self.role_target = _check_value("role_target", maps["role_target"])
+        # empty: no catch-all, other addresses are left to Sendmail (a
+        # domain shared with people's mailboxes)
         self.reject = _check_value("reject", maps["reject"])
-        if not self.reject.startswith("error:"):
+        if self.reject and not self.reject.startswith("error:"):
             raise MapsError("[maps] reject must be a Sendmail error: value, e.g. "
-                            "%r" % DEFAULT_REJECT, EX_CONFIG)
+                            "%r, or empty" % DEFAULT_REJECT, EX_CONFIG)
         self.actions = settings.get("mm-handler", "approved_actions")
         # The list domains: every address in them is a list address or refused.
         domains = set(domains_setting(settings)) or {
@@ -221,8 +225,9 @@ class Tables:
             for local in list_locals(name, self.actions):
                 add("%s@%s" % (local, domain),
                     "%s%%3@%s.%s" % (local, domain, self.pseudo))
-        for domain in self.domains:
-            add("@" + domain, self.reject)
+        if self.reject:
+            for domain in self.domains:
+                add("@" + domain, self.reject)
         return [(key, entries[key]) for key in order]
 
     def mailertable(self):

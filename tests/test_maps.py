@@ -10,7 +10,6 @@ import fcntl
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -148,6 +147,13 @@ def test_site_lines_come_first_and_win_roles_and_targets(tmp_path):
     assert d["@" + DOMAIN] == "error:5.1.1:550 Not a list here"
 
 
+def test_empty_reject_writes_no_catch_all(tmp_path):
+    s = mm2_settings(make_mm2_lists(tmp_path, "test"), reject="")
+    rows = dict(maps.Tables(s, maps.lists_from_settings(s)[0]).virtusertable())
+    assert "@" + DOMAIN not in rows and "test@" + DOMAIN in rows
+    assert not any(v.startswith("error:") for v in rows.values())
+
+
 def test_generated_mailertable_is_the_kit_example(tmp_path):
     s = mm2_settings(make_mm2_lists(tmp_path, "test"), domains="lists.example.org")
     generated = maps.Tables(s, []).mailertable()
@@ -174,7 +180,7 @@ def test_bad_maps_settings_are_named(tmp_path, maps_keys, text):
 # -- the command -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ns(public_tmp):
+def ns(public_tmp, sendmail_binary):
     """makemap, like sendmail, runs inside a private namespace."""
     space = Namespace(public_tmp / "maps-ns")
     space.start()
@@ -303,8 +309,17 @@ def test_writers_take_turns_on_the_lock(ns, handler, site):
     try:
         proc = subprocess.Popen(ns.prefix + [str(handler), "maps", "-C", str(site.config)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={})
-        time.sleep(0.8)
-        assert proc.poll() is None                      # waiting for the lock
+        # wait until the command is blocked on our lock (a "->" line in
+        # /proc/locks for the lock file's inode), then check it wrote nothing
+        inode = ":%d " % os.stat(lock).st_ino
+        deadline = time.monotonic() + 20
+        while not any("->" in line and inode in line
+                      for line in open("/proc/locks")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "never waited for the lock"
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert proc.poll() is None
         assert not (site.out / "virtusertable").exists()
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -17,8 +17,8 @@ HOST = LIST_DOMAIN
 
 
 @pytest.fixture(scope="module")
-def kit(public_tmp, handler):
-    from tests.conftest import SyslogSink
+def kit(public_tmp, handler, sendmail_binary):
+    from tests.peers.sendmail import SyslogSink
     root = public_tmp / "sendmail-kit"
     root.mkdir()
     root.chmod(0o755)
@@ -197,3 +197,39 @@ def test_the_mailer_gets_the_documented_argv(kit, public_tmp):
     assert (uid, gid) == (pwd.getpwnam("list").pw_uid, pwd.getpwnam("list").pw_gid)
     # only AGENT=sendmail (Python adds LC_CTYPE itself: PEP 538 locale coercion)
     assert set(env) - {"LC_CTYPE"} == {"AGENT"}
+
+
+def test_list_host_in_class_w_is_user_unknown(kit):
+    """README.sendmail's troubleshooting: the list host must NOT be local."""
+    lhn = kit.etc_mail / "local-host-names"
+    original = lhn.read_text()
+    lhn.write_text(original + HOST + "\n")
+    try:
+        out = kit.verify("test@" + HOST)
+    finally:
+        lhn.write_text(original)
+    assert "User unknown" in out, out
+    assert "mailer mailman" in kit.verify("test@" + HOST)
+
+
+def test_maps_without_catch_all_serve_a_domain_shared_with_people(kit, public_tmp):
+    """[maps] reject empty: list addresses to the mailer, the rest untouched."""
+    from mm_handler import config, maps
+    root = public_tmp / "sendmail-kit" / "shared"
+    (root / "lists" / "test").mkdir(parents=True)
+    (root / "lists" / "test" / "config.pck").write_bytes(b"")
+    s = config.validate({"mm-handler": {"backend": "mailman2"},
+                         "mailman2": {"lists_dir": str(root / "lists")},
+                         "maps": {"domains": "mx.example.test", "reject": ""}})
+    text = maps.Tables(s, maps.lists_from_settings(s)[0]).sources()["virtusertable"]
+    assert "error:" not in text
+    kit.install_virtusertable(text)
+    try:
+        # mx.example.test is this host's own name (class w): people live here
+        assert "mailer mailman, host mx.example.test, user test-bounces+a=b" in \
+            kit.verify("test-bounces+a=b@mx.example.test")
+        assert "mailer capture, host capture.test, user root" in \
+            kit.verify("root@mx.example.test")            # an alias, as before
+        assert "User unknown" in kit.verify("nosuchperson@mx.example.test")
+    finally:
+        kit.install_virtusertable((KIT / "virtusertable").read_text())

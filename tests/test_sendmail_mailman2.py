@@ -39,8 +39,8 @@ def message(subject, to):
 
 
 @pytest.fixture(scope="module")
-def mm2(public_tmp, handler):
-    from tests.conftest import SyslogSink
+def mm2(public_tmp, handler, sendmail_binary):
+    from tests.peers.sendmail import SyslogSink
     list_user = pwd.getpwnam("list")
     root = public_tmp / "sendmail-mm2"
     root.mkdir()

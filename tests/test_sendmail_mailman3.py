@@ -72,7 +72,7 @@ def raw(text):
 
 
 @pytest.fixture(scope="module")
-def site(public_tmp, handler):
+def site(public_tmp, handler, sendmail_binary):
     from tests.conftest import MAILMAN_VENV
     site = Mailman3Site(public_tmp / "sendmail-mm3", handler, MAILMAN_VENV,
                         lists=("test",))

@@ -13,13 +13,21 @@ Nothing can leave the machine and no name is ever looked up in DNS.
 directories bind-mounted from the test's own directory, and the kit's
 sendmail/mailman.m4 is "installed" in a private copy of
 /usr/share/sendmail/cf/mailer/.  So the kit's sendmail/mailman.mc is built
-exactly as README.sendmail says, with only three paths substituted (the
-mm-handler program, its configuration file, the pseudo-domain stays).
+exactly as README.sendmail says (m4 mailman.mc > /etc/mail/sendmail.cf) with
+only two paths substituted: the mm-handler program and its configuration
+file.  Its host name, lists.example.org, is used as it is.
 
 `SendmailHost` is the MTA: build the .cf, install maps and aliases, submit
 messages (-odi / -odq), run the queue (-qf), list it (-bp), talk SMTP on
 stdin (-bs), test addresses (-bv, -bt).  DSNs and postmaster copies go to a
-capture mailer (a test-only addition to the .cf), never to /var/mail.
+capture mailer, the one test-only addition to the .cf (appended after the
+kit's .mc), and the test mailertable routes the senders' domain and the
+aliases' capture.test there: nothing is written to /var/mail.
+
+`Mailman3Site` adds a real Mailman 3 LMTP runner inside the same namespace
+(tests/peers/mailman3.py's Mailman3Runner with the namespace prefix), with
+the mm-handler plug-in as Mailman's [mta] incoming.  `SyslogSink` is
+/dev/log in there, drained by a thread.
 """
 
 import json
@@ -334,14 +342,11 @@ class SendmailHost:
     def newaliases(self):
         self.ns.run([SENDMAIL, "-bi"], check=True)
 
-    def makemap(self, name, text, directory="/etc/mail"):
-        """Write the map source `name` and build name.db inside."""
-        host_dir = self.etc_mail if directory == "/etc/mail" else None
-        assert host_dir is not None
-        (host_dir / name).write_text(text)
-        path = "%s/%s" % (directory, name)
-        with open(host_dir / name, "rb") as src:
-            self.ns.run([MAKEMAP, "hash", path], stdin=src, check=True)
+    def makemap(self, name, text):
+        """Write /etc/mail/NAME and build /etc/mail/NAME.db (inside)."""
+        (self.etc_mail / name).write_text(text)
+        with open(self.etc_mail / name, "rb") as src:
+            self.ns.run([MAKEMAP, "hash", "/etc/mail/" + name], stdin=src, check=True)
 
     def install_mailertable(self, text=None):
         """The kit's mailertable (default) plus the capture routes."""
@@ -482,24 +487,74 @@ class SendmailHost:
         self.clear_queue()
         self.clear_captured()
         if self.syslog:
-            self.syslog.lines()
-            self.syslog.seen.clear()
+            self.syslog.clear()
 
 
 # -- fixtures --------------------------------------------------------------------
 
-def kit_config(handler_sections):
-    """INI text for mm-handler from {section: {key: value}}."""
-    from tests.conftest import render_config
-    return render_config(handler_sections)
-
-
 @pytest.fixture(scope="session")
 def sendmail_binary():
-    assert os.path.exists(SENDMAIL), (
-        "Sendmail 8.17 is not installed: apt-get install -y "
-        "--no-install-recommends sendmail-bin sendmail-cf m4")
+    """Sendmail, m4 and the namespace tools are there, and we are root."""
+    missing = [p for p in (SENDMAIL, MAKEMAP, CF_MAILER_DIR, "/usr/bin/m4",
+                           "/usr/bin/unshare", "/usr/bin/nsenter", "/usr/sbin/ip",
+                           "/usr/bin/setpriv") if not os.path.exists(p)]
+    assert not missing, (
+        "missing %s: apt-get install -y --no-install-recommends sendmail-bin "
+        "sendmail-cf m4 iproute2 util-linux" % ", ".join(missing))
+    assert os.geteuid() == 0, "the Sendmail tests need root (namespaces)"
     return SENDMAIL
+
+
+# -- syslog -----------------------------------------------------------------------
+
+class SyslogSink:
+    """/dev/log for a namespace: a datagram socket drained by a thread.
+
+    A Unix datagram socket queues only net.unix.max_dgram_qlen (10)
+    datagrams; an unread sink would block Sendmail's syslog() calls, and so
+    Sendmail itself.  Here a thread reads all the time.
+    """
+
+    def __init__(self, path):
+        import socket
+        import threading
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self.seen = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            with self._lock:
+                self.seen.append(data.decode("ascii", "replace"))
+
+    def lines(self):
+        time.sleep(0.05)        # let the last datagrams in
+        with self._lock:
+            return list(self.seen)
+
+    def messages(self):
+        return [line.split("]: ", 1)[1] for line in self.lines()]
+
+    def clear(self):
+        with self._lock:
+            self.seen.clear()
+
+    def close(self):
+        import socket
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
 
 
 # -- a list host: Sendmail from the kit + a real Mailman 3 LMTP runner, inside ---
@@ -526,7 +581,6 @@ class Mailman3Site:
 
     def __init__(self, workdir, handler, mailman_venv, lists=("test",),
                  handler_sections=None, plugin=True):
-        from tests.conftest import SyslogSink
         from tests.peers.mailman3 import Mailman3Runner
         self.root = Path(workdir)
         self.root.mkdir(parents=True, exist_ok=True)
