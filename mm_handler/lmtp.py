@@ -20,6 +20,7 @@ from .status import EX_OK, EX_TEMPFAIL, Outcome, exit_for_reply
 CRLF = b"\r\n"
 MAX_REPLY_LINE = 4096
 MAX_REPLY_LINES = 100
+LINE_LIMIT = 998        # RFC 5322; with a stuffed dot 999, under Mailman's 1000
 # Replies after the final dot that Mailman 3.3 (aiosmtpd) sends ONCE for the
 # whole transaction, however many recipients: 501 "Message has defects",
 # 500 "Line too long" (a line of 1000 bytes or more before its CRLF) and
@@ -148,35 +149,60 @@ def _why(exc):
     return exc.strerror or str(exc) or type(exc).__name__
 
 
+def folded(lines):
+    """Lines (without CRLF), each over LINE_LIMIT bytes broken as Sendmail's
+    L= limit breaks it: LINE_LIMIT-1 bytes and a "!", then the rest.
+
+    Mailman 3's LMTP server refuses a message with a line of 1000 bytes or
+    more ("500 Line too long"); Sendmail's own LMTP mailer folds such lines
+    and delivers, and so do we.
+    """
+    for line in lines:
+        while len(line) > LINE_LIMIT:
+            yield line[:LINE_LIMIT - 1] + b"!"
+            line = line[LINE_LIMIT - 1:]
+        yield line
+
+
 def data_stream(header, chunks):
     """The DATA payload: header line, message with CRLF and dot-stuffing, end.
 
     Lone LFs become CRLF, existing CRLFs stay, bare CRs pass unchanged;
     a CR at a chunk's end waits for the next chunk so that a split CRLF is
-    recognised.  An unterminated last line gets its CRLF (DATA cannot
-    express a message that does not end in one).
+    recognised.  The unterminated last line of each chunk waits too (at
+    most LINE_LIMIT bytes of it), so that every piece sent ends a line and
+    long lines fold the same wherever the chunks fall.  An unterminated
+    last line gets its CRLF (DATA cannot express a message without one).
     """
     if header:
         yield header + CRLF
-    at_line_start = True
-    held = b""
+    held = pending = b""
     for chunk in chunks:
         data = held + chunk
         held = b""
         if data.endswith(b"\r"):
             data, held = data[:-1], b"\r"
-        if not data:
-            continue
-        data = data.replace(b"\r\n", b"\n").replace(b"\n", CRLF)
-        if at_line_start and data[:1] == b".":
-            data = b"." + data
-        data = data.replace(b"\r\n.", b"\r\n..")
-        at_line_start = data.endswith(b"\n")
-        yield data
-    if held:
-        yield held
-        at_line_start = False
-    yield (b"" if at_line_start else CRLF) + b"." + CRLF
+        lines = (pending + data.replace(b"\r\n", b"\n").replace(b"\n", CRLF)).split(CRLF)
+        pending = lines.pop()
+        if len(pending) > LINE_LIMIT:
+            *more, pending = folded([pending])
+            lines += more
+        if lines:
+            yield _stuffed(lines)
+    last = pending + held
+    if last:
+        yield _stuffed([last])
+    yield b"." + CRLF
+
+
+def _stuffed(lines):
+    """Complete lines joined with CRLF, long ones folded, dots stuffed."""
+    if any(len(line) > LINE_LIMIT for line in lines):
+        lines = folded(lines)
+    data = CRLF.join(lines) + CRLF
+    if data[:1] == b".":
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..")
 
 
 def _session_start(conn, sender, lhlo_name):
