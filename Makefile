@@ -15,8 +15,10 @@ demo: $(VENV)/.ready $(MAILMAN_VENV)/.ready
 	$(VENV)/bin/python demo/demo.py
 
 bench: $(VENV)/.ready $(MAILMAN_VENV)/.ready
-	$(VENV)/bin/python bench/startup.py
-	$(VENV)/bin/python bench/memory.py
+	cd bench && ../$(VENV)/bin/python startup.py
+	cd bench && ../$(VENV)/bin/python memory.py
+	cd bench && ../$(VENV)/bin/python throughput.py
+	$(VENV)/bin/python bench/sendmail_queue.py
 
 fuzz: $(VENV)/.ready
 	$(VENV)/bin/python bench/fuzz.py

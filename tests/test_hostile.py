@@ -16,7 +16,8 @@ so that every file it opens, stats, lists or runs is seen.  Properties:
   opened, stat'ed or listed, and no path has a ``..`` component;
 - the wrapper argv is only ``[wrapper, approved action, existing list]``;
 - no LMTP command line and no header carries CR, LF or NUL from input;
-- what is delivered is the message, byte for byte (LMTP: CRLF + dot-stuffing);
+- what is delivered is the message, byte for byte (LMTP: CRLF line ends,
+  dot-stuffing, and lines over 998 bytes folded as Sendmail folds them);
 - exit 0 with the reject policy means every recipient was delivered, and
   with healthy peers exit 75 means the message was empty (or HOST was an
   option word, a site fault).
@@ -28,6 +29,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -51,7 +53,7 @@ import mm_handler.wrapper  # noqa: F401
 from mm_handler import address, bounce, cli
 from mm_handler.envelope import MODE_OPTIONS, clean_sender
 
-from tests.conftest import SyslogSink, render_config
+from tests.conftest import render_config
 from tests.peers.scripted_lmtp import ScriptedLMTP
 
 HOST = "lists.example.test"
@@ -113,6 +115,27 @@ class Result:
     pass
 
 
+class Sink:
+    """The syslog socket, read after each run (a run logs a few lines)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+
+    def take(self):
+        lines = []
+        while True:
+            try:
+                lines.append(self.sock.recv(65536).decode("ascii"))
+            except BlockingIOError:
+                return lines
+
+    def close(self):
+        self.sock.close()
+
+
 class Harness:
     """Lists, a wrapper, a sendmail, an LMTP server and configs, made once."""
 
@@ -132,7 +155,7 @@ class Harness:
         # a wrapper that keeps what it reads; a sendmail that keeps the letter
         self.wrapper = self._script("wrapper", 'exec /bin/cat > "%s/$$"' % self.queue)
         self.sendmail = self._script("sendmail", 'exec /bin/cat > "%s/$$"' % self.letters)
-        self.sink = SyslogSink(os.path.join(root, "log.sock"))
+        self.sink = Sink(os.path.join(root, "log.sock"))
         self.server = ScriptedLMTP({"rcpt": self._rcpt})
         self.configs = {}
         for backend in ("mailman2", "mailman3"):
@@ -185,8 +208,7 @@ class Harness:
             "-C", self.configs[backend, policy], host] + list(recipients)
         self.server.script["dot"] = dot
         first_session = len(self.server.sessions)
-        self.sink.lines()
-        first_log = len(self.sink.seen)
+        self.sink.take()
         with tempfile.TemporaryFile(dir=self.root) as f:
             f.write(message)
             f.seek(0)
@@ -209,8 +231,7 @@ class Harness:
         r.argv, r.code, r.stdout, r.stderr = argv, code, out.getvalue(), err.getvalue()
         r.events = list(Watch.events)
         r.sessions = self.server.sessions[first_session:]
-        self.sink.lines()
-        r.log = [line.split("]: ", 1)[1] for line in self.sink.seen[first_log:]]
+        r.log = [line.split("]: ", 1)[1] for line in self.sink.take()]
         r.queue = self._take(self.queue)
         r.letters = self._take(self.letters)
         return r
@@ -243,6 +264,8 @@ def expected_wrapper_input(message):
 
 
 def expected_lmtp_payload(message):
+    """CRLF line ends, a last CRLF, lines over 998 bytes folded as Sendmail's
+    LMTP mailer folds them (997 bytes and "!", then the rest)."""
     rest = message
     if message.startswith(b"From "):
         end = message.find(b"\n")
@@ -251,7 +274,13 @@ def expected_lmtp_payload(message):
     rest = rest.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if not rest.endswith(b"\r\n"):
         rest += b"\r\n"
-    return TRACE + b"\r\n" + rest
+    lines = []
+    for line in rest[:-2].split(b"\r\n"):
+        while len(line) > 998:
+            lines.append(line[:997] + b"!")
+            line = line[997:]
+        lines.append(line)
+    return TRACE + b"\r\n" + b"\r\n".join(lines) + b"\r\n"
 
 
 def message_is_empty(message):
@@ -278,8 +307,10 @@ def check(h, backend, policy, sender, host, recipients, message, dot, r):
 
     # 1. a documented exit code, never 1, never a crash
     assert type(r.code) is int and r.code in CODES[backend], where
-    assert "internal error" not in r.stderr, where
-    assert not any("internal error" in line for line in r.log), (where, r.log)
+    assert not any(line.startswith("4.3.0 mm-handler: internal error (")
+                   for line in r.stderr.splitlines()), where
+    assert not any(line.startswith("internal error: ") for line in r.log), \
+        (where, r.log)
 
     # 2. only the configured files and directories, never a '..' path
     roots = [h.lists_dir, os.path.join(h.var_dir, "lists")]
@@ -661,3 +692,23 @@ def test_a_refused_recipient_before_a_deliverable_one():
         else:
             [s] = r.sessions
             assert s.message == expected_lmtp_payload(message)
+
+
+def test_the_checks_catch_a_crash():
+    """A crash (exit 75 with the internal-error line) breaks the properties."""
+    h = harness()
+    real = cli.registry.resolve
+    cli.registry.resolve = lambda *a: 1 / 0
+    try:
+        r = h.run("mailman2", "reject", "alice@example.org", HOST, ["test"],
+                  FROM_LINE + HEADERS + b"\nbody\n")
+    finally:
+        cli.registry.resolve = real
+    assert r.code == 75 and "internal error (ZeroDivisionError)" in r.stderr
+    try:
+        check(h, "mailman2", "reject", "alice@example.org", HOST, ["test"],
+              FROM_LINE + HEADERS + b"\nbody\n", "250 2.0.0 Ok", r)
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("a crash went unnoticed")
