@@ -260,8 +260,8 @@ def hand_off(settings, recipient, letter_chunks):
         return Outcome(EX_TEMPFAIL, "%s failed taking the bounce: %s"
                        % (program, exc))
     if code != 0:
-        return Outcome(EX_TEMPFAIL, "%s exited %d taking the bounce"
-                       % (program, code), said)
+        return Outcome(EX_TEMPFAIL, "%s exited %d taking the bounce%s"
+                       % (program, code, ": " + display(said) if said else ""))
     return None
 
 

@@ -56,8 +56,11 @@ class Syslog:
 
 
 def field(value):
-    """A key=value field value: quoted when it has spaces or is empty."""
-    value = display(str(value))
+    """A key=value field value: quoted when it has spaces or is empty.
+
+    Control bytes are left for Syslog.send to escape, once.
+    """
+    value = str(value)
     if not value or " " in value or '"' in value:
         return '"%s"' % value.replace('"', "'")
     return value

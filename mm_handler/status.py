@@ -48,9 +48,9 @@ EXIT_STATUS = {
 # "mail", "rcpt", "data" (the 354 wait) and "dot" (after the final dot).
 LMTP_REPLY_EXIT = {
     ("dot", 501): EX_DATAERR,       # Mailman 3: "501 Message has defects"
-    ("rcpt", 550): EX_NOUSER,       # only RCPT names the list; a 550 to
-    ("rcpt", 551): EX_NOUSER,       # MAIL or after the dot is no "user
-    ("rcpt", 553): EX_NOUSER,       # unknown" (-> other 5xx: 69)
+    (None, 550): EX_NOUSER,         # the issue's contract: 550/551/553 at
+    (None, 551): EX_NOUSER,         # any stage; after the dot Mailman 3
+    (None, 553): EX_NOUSER,         # says 550 when the list just vanished
     (None, "2"): EX_OK,
     (None, "4"): EX_TEMPFAIL,
     (None, "5"): EX_UNAVAILABLE,

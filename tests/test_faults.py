@@ -107,9 +107,9 @@ def on_stderr(lines):
 
 
 def in_syslog(lines):
-    """The wrapper's words in a syslog field: the first 200 characters, " -> ',
-    each newline escaped as \\x0a, whose backslash the line escapes again."""
-    return cut("\n".join(lines)).replace('"', "'").replace("\n", "\\x5cx0a")
+    """The wrapper's words in a syslog field: " -> ', each newline escaped
+    once as \\x0a (the whole line is cut at 1800 characters)."""
+    return "\n".join(lines).replace('"', "'").replace("\n", "\\x0a")
 
 
 WRAPPER_1 = "wrapper exit 1: the Mailman script failed (list missing or a Python error)"
@@ -147,8 +147,8 @@ ROWS = [
          "action aborted: local error)" + KEPT,
          "{N} refused at mail", "451 4.3.0 Requested action aborted: local error",
          script={"mail": "451 4.3.0 Requested action aborted: local error"}),
-    lmtp("lmtp MAIL 550", 69, "bounced",
-         "5.3.0 <{A}>: {N} refused at mail (LMTP server said: 550 5.7.1 Sender "
+    lmtp("lmtp MAIL 550", 67, "bounced",
+         "5.1.1 <{A}>: {N} refused at mail (LMTP server said: 550 5.7.1 Sender "
          "rejected)",
          "{N} refused at mail", "550 5.7.1 Sender rejected",
          script={"mail": "550 5.7.1 Sender rejected"}),
@@ -344,10 +344,10 @@ ROWS = [
            "cannot run {SM} to send the bounce: No such file or directory", "-"),
           backend="mailman2", rcpt="nope", bounce="missing"),
     local("bounce hand-off: sendmail failing", 75, "kept",
-          "4.3.0 <{A}>: {SM} exited 73 taking the bounce (… said: sendmail: queue "
-          "directory not writable)" + KEPT,
-          ('list=- action=- backend=mailman3', "{SM} exited 73 taking the bounce",
-           "sendmail: queue directory not writable"),
+          "4.3.0 <{A}>: {SM} exited 73 taking the bounce: sendmail: queue "
+          "directory not writable" + KEPT,
+          ('list=- action=- backend=mailman3', "{SM} exited 73 taking the bounce: "
+           "sendmail: queue directory not writable", "-"),
           backend="mailman3", rcpt="nope", bounce="failing"),
     local("bounce hand-off healthy", 0, "letter", "",
           ('list=- action=- backend=mailman2',

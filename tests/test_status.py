@@ -17,19 +17,19 @@ from mm_handler.status import (EX_DATAERR, EX_NOUSER, EX_OK, EX_OSERR, EX_TEMPFA
     ("rcpt", 450, EX_TEMPFAIL), ("rcpt", 451, EX_TEMPFAIL), ("rcpt", 452, EX_TEMPFAIL),
     ("data", 451, EX_TEMPFAIL), ("dot", 451, EX_TEMPFAIL), ("dot", 452, EX_TEMPFAIL),
     ("dot", 421, EX_TEMPFAIL),
-    # RCPT 550/551/553: no such list
+    # 550/551/553: no such list (or mailbox), whatever the stage
     ("rcpt", 550, EX_NOUSER), ("rcpt", 551, EX_NOUSER), ("rcpt", 553, EX_NOUSER),
+    ("mail", 550, EX_NOUSER), ("mail", 553, EX_NOUSER),
+    ("dot", 550, EX_NOUSER), ("dot", 553, EX_NOUSER),
     # 501 after the final dot: Mailman 3's "message has defects"
     ("dot", 501, EX_DATAERR),
     # every other 5xx: service unavailable
     ("rcpt", 501, EX_UNAVAILABLE), ("rcpt", 552, EX_UNAVAILABLE),
     ("rcpt", 554, EX_UNAVAILABLE), ("rcpt", 500, EX_UNAVAILABLE),
     ("greeting", 554, EX_UNAVAILABLE), ("lhlo", 500, EX_UNAVAILABLE),
-    ("mail", 501, EX_UNAVAILABLE), ("mail", 550, EX_UNAVAILABLE),
-    ("mail", 553, EX_UNAVAILABLE), ("mail", 552, EX_UNAVAILABLE),
+    ("mail", 501, EX_UNAVAILABLE), ("mail", 552, EX_UNAVAILABLE),
     ("data", 503, EX_UNAVAILABLE), ("data", 554, EX_UNAVAILABLE),
-    ("dot", 550, EX_UNAVAILABLE), ("dot", 552, EX_UNAVAILABLE),
-    ("dot", 554, EX_UNAVAILABLE), ("dot", 553, EX_UNAVAILABLE),
+    ("dot", 552, EX_UNAVAILABLE), ("dot", 554, EX_UNAVAILABLE),
     # anything else is garbled: keep the mail
     ("dot", 354, EX_TEMPFAIL), ("rcpt", 100, EX_TEMPFAIL), ("dot", 600, EX_TEMPFAIL),
     ("dot", 999, EX_TEMPFAIL), ("rcpt", 0, EX_TEMPFAIL), ("greeting", 354, EX_TEMPFAIL),
