@@ -40,6 +40,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.syslog import SyslogSink  # noqa: F401 (used by the test files)
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 KIT = ROOT / "sendmail"
 SENDMAIL = "/usr/libexec/sendmail/sendmail"
@@ -506,56 +508,6 @@ def sendmail_binary():
 
 
 # -- syslog -----------------------------------------------------------------------
-
-class SyslogSink:
-    """/dev/log for a namespace: a datagram socket drained by a thread.
-
-    A Unix datagram socket queues only net.unix.max_dgram_qlen (10)
-    datagrams; an unread sink would block Sendmail's syslog() calls, and so
-    Sendmail itself.  Here a thread reads all the time.
-    """
-
-    def __init__(self, path):
-        import socket
-        import threading
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        os.chmod(self.path, 0o666)
-        self.seen = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self):
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            with self._lock:
-                self.seen.append(data.decode("ascii", "replace"))
-
-    def lines(self):
-        time.sleep(0.05)        # let the last datagrams in
-        with self._lock:
-            return list(self.seen)
-
-    def messages(self):
-        return [line.split("]: ", 1)[1] for line in self.lines()]
-
-    def clear(self):
-        with self._lock:
-            self.seen.clear()
-
-    def close(self):
-        import socket
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-
 
 # -- a list host: Sendmail from the kit + a real Mailman 3 LMTP runner, inside ---
 
