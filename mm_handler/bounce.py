@@ -267,7 +267,11 @@ def hand_off(settings, recipient, letter_chunks):
 
 def send_bounce(settings, log, refusal, message, spool_dir, threshold):
     """The ``bounce`` policy for one refused recipient; returns an Outcome."""
-    message.spool(spool_dir, threshold)
+    try:
+        message.spool(spool_dir, threshold)
+    except OSError as exc:
+        return Outcome(EX_TEMPFAIL, "cannot spool the message in %s for the "
+                       "bounce: %s" % (spool_dir, exc.strerror or exc))
     head = b""
     for data in message.chunks():
         head += data

@@ -229,6 +229,12 @@ class Delivery:
             outcomes = lmtp.deliver(endpoints, timeout, self.sender, rcpts,
                                     None, None, lmtp.lhlo_name())
         else:
+            if len(deliverable) > 1 and "bounce" in (
+                    self.settings.get("mm-handler", "unknown_list"),
+                    self.settings.get("mm-handler", "unapproved_action")):
+                # a RCPT refused beside an accepted one needs the message
+                # again for its bounce letter, after DATA has read stdin
+                self._spool()
             header = TRACE_HEADER if self._trace else b""
             outcomes = lmtp.deliver(endpoints, timeout, self.sender, rcpts,
                                     header, self.message.chunks(),
@@ -252,21 +258,27 @@ class Delivery:
                     r.outcome = Outcome(EX_TEMPFAIL, "wrapper %s is missing or "
                                         "not executable" % program)
             return
-        if len(deliverable) > 1:
-            spool_dir = self.settings.get("mm-handler", "spool_dir")
-            try:
-                self.message.spool(spool_dir, self.settings.get(
-                    "mm-handler", "spool_threshold"))
-            except OSError as exc:
-                for r in deliverable:
-                    r.outcome = Outcome(EX_TEMPFAIL, "cannot spool the message in "
-                                        "%s: %s" % (spool_dir, exc.strerror or exc))
-                return
+        if len(deliverable) > 1 and not self._spool():
+            for r in deliverable:
+                r.outcome = self.spool_failure
+            return
         timeout = self.settings.get("mailman2", "timeout")
         for r in deliverable:
             r.outcome = wrapper.deliver(
                 program, r.target.action, r.target.name, self._wrapper_stream(),
                 timeout, os.environ)
+
+    def _spool(self):
+        """Read the whole message now, so that it can be sent again."""
+        spool_dir = self.settings.get("mm-handler", "spool_dir")
+        try:
+            self.message.spool(spool_dir, self.settings.get(
+                "mm-handler", "spool_threshold"))
+            return True
+        except OSError as exc:
+            self.spool_failure = Outcome(EX_TEMPFAIL, "cannot spool the message "
+                                         "in %s: %s" % (spool_dir, exc.strerror or exc))
+            return False
 
     @property
     def _trace(self):

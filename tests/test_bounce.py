@@ -327,3 +327,20 @@ def test_render_template_command(run_handler, make_config, tmp_path):
                       config=cfg)
     assert run.code == 0
     assert run.stdout == "Список foo на lists.example.test: request\n"
+
+
+def test_bounce_beside_a_delivered_recipient_carries_the_whole_original(
+        run_handler, mm3_config, mm3, capture):
+    """Mailman 3 refuses one RCPT and takes the other: DATA reads stdin, and
+    the bounce for the refused one still returns the whole message."""
+    config = mm3_config(unknown_list="bounce",
+                        extra={"bounce": {"sendmail": str(capture)}})
+    body = b"".join(b"line %d\n" % i for i in range(3000))
+    run = run_handler(["-r", "alice@example.org", "lists.example.test", "test", "nope"],
+                      sample_message(body=body), config)
+    assert run.code == 0, run
+    assert mm3.queued() == {"in": 1}
+    [letter] = sent(capture)
+    returned = parse_letter(letter["letter"].encode()).get_payload()[2]
+    assert returned.get_content_type() == "message/rfc822"
+    assert returned.get_payload()[0].get_payload().encode() == body
