@@ -17,6 +17,9 @@ IDENT = "mm-handler"
 
 def display(text, limit=200):
     """Input text made safe for one log or stderr line: printable ASCII only."""
+    if len(text) <= limit and text.isascii() and text.isprintable() \
+            and "\\" not in text:
+        return text
     out = []
     for c in text[:limit]:
         if " " <= c < "\x7f" and c != "\\":
