@@ -16,8 +16,7 @@ import re
 
 import pytest
 
-from tests.peers.mailman2_wrapper import Installed
-from tests.peers.sendmail import LIST_DOMAIN, MAKEMAP, SendmailHost, write_handler_config
+from tests.peers.sendmail import LIST_DOMAIN, mailman2_host
 
 SENDER = "alice@example.org"
 HOST = LIST_DOMAIN
@@ -40,38 +39,8 @@ def message(subject, to):
 
 @pytest.fixture(scope="module")
 def mm2(public_tmp, handler, sendmail_binary):
-    from tests.peers.sendmail import SyslogSink
-    list_user = pwd.getpwnam("list")
-    root = public_tmp / "sendmail-mm2"
-    root.mkdir()
-    root.chmod(0o755)
-    wrapper = Installed(root / "mailman", lists=["test", "news"], group="list")
-    # the wrapper's scripts write as the mailer's user, like Mailman 2's
-    for path in (wrapper.qfiles_dir, os.path.join(wrapper.qfiles_dir, "in")):
-        os.makedirs(path, exist_ok=True)
-        os.chown(path, list_user.pw_uid, list_user.pw_gid)
-    open(wrapper.log_path, "a").close()
-    os.chmod(wrapper.log_path, 0o666)
-    maps_dir = root / "maps"
-    maps_dir.mkdir()
-    os.chown(maps_dir, list_user.pw_uid, list_user.pw_gid)
-    config = write_handler_config(root / "mm-handler.cfg", {
-        "mm-handler": {"backend": "mailman2"},
-        "mailman2": {"wrapper": wrapper.path, "lists_dir": wrapper.lists_dir},
-        "maps": {"output_dir": str(maps_dir), "makemap": MAKEMAP,
-                 "domains": HOST},
-    })
-    sink = SyslogSink(root / "log.sock")
-    host = SendmailHost(root / "sendmail", handler, config, syslog=sink,
-                        maps_dir=maps_dir)
-    host.wrapper = wrapper
-    host.config_path = config
-    try:
-        host.start()
+    with mailman2_host(public_tmp / "sendmail-mm2", handler, ["test", "news"]) as host:
         yield host
-    finally:
-        host.stop()
-        sink.close()
 
 
 @pytest.fixture
@@ -85,7 +54,7 @@ def mta(mm2):
 
 def make_maps_as_list_user(host, handler):
     return host.ns.run(["setpriv", "--reuid=list", "--regid=list", "--clear-groups",
-                        handler, "maps", "-C", host.config_path, "--makemap"], env={})
+                        handler, "maps", "-C", host.config, "--makemap"], env={})
 
 
 CASES = [

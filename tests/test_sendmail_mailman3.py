@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from tests.conftest import dsn_message
 from tests.peers.sendmail import LIST_DOMAIN, Mailman3Site
 
 SENDER = "alice@example.org"
@@ -38,32 +39,6 @@ def message(subject, to="test@" + HOST, body=BODY, extra=b""):
             b"Message-ID: <" + subject.replace(" ", ".").encode() + b"@example.org>\n"
             b"Date: Sun, 22 Nov 2026 02:44:03 +0000\n"
             + extra + b"\n" + body)
-
-
-def dsn_message(original_to):
-    """A delivery status notification as a remote MTA sends it: null sender."""
-    return (b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.net>\n"
-            b"To: " + original_to.encode() + b"\n"
-            b"Subject: Returned mail: see transcript for details\n"
-            b"Message-ID: <dsn.1@mx.example.net>\n"
-            b"Date: Sun, 22 Nov 2026 02:44:03 +0000\n"
-            b"MIME-Version: 1.0\n"
-            b"Content-Type: multipart/report; report-type=delivery-status;\n"
-            b"\tboundary=\"b1\"\n"
-            b"\n"
-            b"--b1\n"
-            b"Content-Type: text/plain\n"
-            b"\n"
-            b"bob@example.net: User unknown\n"
-            b"--b1\n"
-            b"Content-Type: message/delivery-status\n"
-            b"\n"
-            b"Reporting-MTA: dns; mx.example.net\n"
-            b"\n"
-            b"Final-Recipient: rfc822; bob@example.net\n"
-            b"Action: failed\n"
-            b"Status: 5.1.1\n"
-            b"--b1--\n")
 
 
 def raw(text):

@@ -22,7 +22,6 @@ import email
 import email.policy
 import grp
 import os
-import pwd
 import re
 import signal
 import subprocess
@@ -30,10 +29,9 @@ import time
 
 import pytest
 
-from tests.peers.mailman2_wrapper import Installed
 from tests.peers.mailman3 import free_port, listening
-from tests.peers.sendmail import (LIST_DOMAIN, MAKEMAP, SENDMAIL, Mailman3Site,
-                                  SendmailHost, SyslogSink, write_handler_config)
+from tests.conftest import dsn_message
+from tests.peers.sendmail import LIST_DOMAIN, SENDMAIL, Mailman3Site, mailman2_host
 
 SENDER = "alice@example.org"
 HOST = LIST_DOMAIN
@@ -49,32 +47,6 @@ def message(subject, to=LIST):
             b"Message-ID: <" + subject.replace(" ", ".").encode() + b"@example.org>\n"
             b"Date: Sun, 22 Nov 2026 02:44:03 +0000\n"
             b"\n" + BODY)
-
-
-def dsn_message(original_to):
-    """A delivery status notification from a remote MTA (null sender)."""
-    return (b"From: Mail Delivery Subsystem <MAILER-DAEMON@mx.example.net>\n"
-            b"To: " + original_to.encode() + b"\n"
-            b"Subject: Returned mail: see transcript for details\n"
-            b"Message-ID: <dsn.policies@mx.example.net>\n"
-            b"Date: Sun, 22 Nov 2026 02:44:03 +0000\n"
-            b"MIME-Version: 1.0\n"
-            b"Content-Type: multipart/report; report-type=delivery-status;\n"
-            b"\tboundary=\"b1\"\n"
-            b"\n"
-            b"--b1\n"
-            b"Content-Type: text/plain\n"
-            b"\n"
-            b"bob@example.net: User unknown\n"
-            b"--b1\n"
-            b"Content-Type: message/delivery-status\n"
-            b"\n"
-            b"Reporting-MTA: dns; mx.example.net\n"
-            b"\n"
-            b"Final-Recipient: rfc822; bob@example.net\n"
-            b"Action: failed\n"
-            b"Status: 5.1.1\n"
-            b"--b1--\n")
 
 
 # -- configuration edits, undone after each test ---------------------------------
@@ -203,33 +175,9 @@ def mta(site):
 
 @pytest.fixture(scope="module")
 def mm2_host(public_tmp, handler, sendmail_binary):
-    list_user = pwd.getpwnam("list")
-    root = public_tmp / "sendmail-policies-mm2"
-    root.mkdir()
-    root.chmod(0o755)
-    wrapper = Installed(root / "mailman", lists=["test"], group="list")
-    for path in (wrapper.qfiles_dir, os.path.join(wrapper.qfiles_dir, "in")):
-        os.makedirs(path, exist_ok=True)
-        os.chown(path, list_user.pw_uid, list_user.pw_gid)
-    maps_dir = root / "maps"
-    maps_dir.mkdir()
-    config = write_handler_config(root / "mm-handler.cfg", {
-        "mm-handler": {"backend": "mailman2"},
-        "mailman2": {"wrapper": wrapper.path, "lists_dir": wrapper.lists_dir,
-                     "timeout": "60"},
-        "maps": {"output_dir": str(maps_dir), "makemap": MAKEMAP, "domains": HOST},
-    })
-    sink = SyslogSink(root / "log.sock")
-    host = SendmailHost(root / "sendmail", handler, config, syslog=sink,
-                        maps_dir=maps_dir)
-    host.wrapper = wrapper
-    host.config = config
-    try:
-        host.start()
+    with mailman2_host(public_tmp / "sendmail-policies-mm2", handler, ["test"],
+                       mailman2={"timeout": "60"}) as host:
         yield host
-    finally:
-        host.stop()
-        sink.close()
 
 
 @pytest.fixture
@@ -382,7 +330,7 @@ def test_bounce_policy_sends_nothing_for_a_null_sender_original(mta):
     sm = mta.sendmail
     daemon = Daemon(sm)
     try:
-        submit_to_unknown_list(mta, "<>", dsn_message(UNKNOWN))
+        submit_to_unknown_list(mta, "<>", dsn_message(UNKNOWN, "<dsn.policies@mx.example.net>"))
         time.sleep(1.0)
         assert queues_empty(sm), (client_queue_files(sm), sm.mailq())
     finally:

@@ -30,6 +30,7 @@ the mm-handler plug-in as Mailman's [mta] incoming.  `SyslogSink` is
 /dev/log in there, drained by a thread.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -520,6 +521,49 @@ def write_handler_config(path, sections):
     Path(path).write_text(render_config(sections))
     Path(path).chmod(0o644)
     return Path(path)
+
+@contextlib.contextmanager
+def mailman2_host(root, handler, lists, mailman2=None):
+    """Sendmail from the kit in front of the Mailman 2 wrapper stand-in.
+
+    Yields the started SendmailHost with `.wrapper` (tests.peers.
+    mailman2_wrapper.Installed) and `.config` (mm-handler's config file).
+    """
+    import pwd
+    from tests.peers.mailman2_wrapper import Installed
+    list_user = pwd.getpwnam("list")
+    root = Path(root)
+    root.mkdir()
+    root.chmod(0o755)
+    wrapper = Installed(root / "mailman", lists=list(lists), group="list")
+    # the wrapper's scripts write as the mailer's user, like Mailman 2's
+    for path in (wrapper.qfiles_dir, os.path.join(wrapper.qfiles_dir, "in")):
+        os.makedirs(path, exist_ok=True)
+        os.chown(path, list_user.pw_uid, list_user.pw_gid)
+    open(wrapper.log_path, "a").close()
+    os.chmod(wrapper.log_path, 0o666)
+    maps_dir = root / "maps"
+    maps_dir.mkdir()
+    os.chown(maps_dir, list_user.pw_uid, list_user.pw_gid)
+    config = write_handler_config(root / "mm-handler.cfg", {
+        "mm-handler": {"backend": "mailman2"},
+        "mailman2": {"wrapper": wrapper.path, "lists_dir": wrapper.lists_dir,
+                     **(mailman2 or {})},
+        "maps": {"output_dir": str(maps_dir), "makemap": MAKEMAP,
+                 "domains": LIST_DOMAIN},
+    })
+    sink = SyslogSink(root / "log.sock")
+    host = SendmailHost(root / "sendmail", handler, config, syslog=sink,
+                        maps_dir=maps_dir)
+    host.wrapper = wrapper
+    host.config = config
+    try:
+        host.start()
+        yield host
+    finally:
+        host.stop()
+        sink.close()
+
 
 
 class Mailman3Site:
