@@ -93,7 +93,7 @@ def _say(line):
         sys.stdout.flush()
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):   # closed, or no fd 2 at all
         pass
 
 
@@ -101,7 +101,7 @@ def _write_stdout(text):
     try:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
 
 
