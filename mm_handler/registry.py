@@ -23,37 +23,43 @@ def _exists(path):
         raise RegistryError("cannot examine %s: %s" % (path, exc.strerror)) from None
 
 
-def _searchable_dir(path):
-    """The lists directory must exist and be searchable, or nothing is known."""
-    if not os.path.isdir(path):
-        raise RegistryError("lists directory %s does not exist" % path)
-    if not os.access(path, os.X_OK):
-        raise RegistryError("lists directory %s is not searchable by uid %d"
-                            % (path, os.geteuid()))
-
-
-class Mailman2Lists:
-    """A Mailman 2 list exists when LISTS_DIR/<name>/config.pck (or .db) does."""
-
-    certain = True
+class _ListsDir:
+    """A lists directory, checked once: it must exist and be searchable."""
 
     def __init__(self, lists_dir):
         self.lists_dir = lists_dir
+        self._checked = False
 
-    def exists(self, target):
-        _searchable_dir(self.lists_dir)
-        base = os.path.join(self.lists_dir, target.name)
+    def _check(self):
+        if self._checked:
+            return
+        if not os.path.isdir(self.lists_dir):
+            raise RegistryError("lists directory %s does not exist" % self.lists_dir)
+        if not os.access(self.lists_dir, os.X_OK):
+            raise RegistryError("lists directory %s is not searchable by uid %d"
+                                % (self.lists_dir, os.geteuid()))
+        self._checked = True
+
+
+class Mailman2Lists(_ListsDir):
+    """A Mailman 2 list exists when LISTS_DIR/<name>/config.pck (or .db) does."""
+
+    def _has_config(self, name):
+        base = os.path.join(self.lists_dir, name)
         return (_exists(os.path.join(base, "config.pck"))
                 or _exists(os.path.join(base, "config.db")))
 
+    def exists(self, target):
+        self._check()
+        return self._has_config(target.name)
+
     def names(self):
-        _searchable_dir(self.lists_dir)
+        self._check()
         return sorted(name for name in os.listdir(self.lists_dir)
-                      if _exists(os.path.join(self.lists_dir, name, "config.pck"))
-                      or _exists(os.path.join(self.lists_dir, name, "config.db")))
+                      if self._has_config(name))
 
 
-class Mailman3Lists:
+class Mailman3Lists(_ListsDir):
     """Mailman 3 keeps VAR_DIR/lists/<name>.<domain> per list (the list id).
 
     This is a fast check only: the LMTP server's RCPT reply is the final word
@@ -61,27 +67,23 @@ class Mailman3Lists:
     directory; a failed ``mailman create`` can leave an orphan).
     """
 
-    certain = False
-
     def __init__(self, var_dir):
-        self.lists_dir = os.path.join(var_dir, "lists")
+        super().__init__(os.path.join(var_dir, "lists"))
 
     def exists(self, target):
-        _searchable_dir(self.lists_dir)
+        self._check()
         entry = target.name + "." + target.domain
         if len(entry) > 255:    # NAME_MAX: no such directory can exist
             return False
         return _exists(os.path.join(self.lists_dir, entry))
 
     def names(self):
-        _searchable_dir(self.lists_dir)
+        self._check()
         return sorted(os.listdir(self.lists_dir))
 
 
 class NoLists:
     """No on-disk view (Mailman 3 without var_dir): LMTP decides alone."""
-
-    certain = False
 
     def exists(self, target):
         return None

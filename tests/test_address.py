@@ -152,8 +152,6 @@ def test_mailman3_has_no_admin_address():
 class FakeLists:
     """An on-disk view as a set of names (no I/O)."""
 
-    certain = True
-
     def __init__(self, *names):
         self.names = set(names)
 
