@@ -304,19 +304,26 @@ def test_bounce_policy_sends_our_report_with_a_null_envelope_sender(mta, handler
     assert "DSN:" not in joined and "return to sender" not in joined, joined
 
 
-def test_discard_policy_sends_nothing_and_exits_0(mta):
-    edit_config(mta.config, {"mm-handler": {"unknown_list": "discard"}})
+def submit_expecting_no_letter(mta, sender, data):
+    """Submit to the unknown list with the daemon up (a letter, if one were
+    sent, would arrive); assert none did; return Sendmail's log lines."""
     sm = mta.sendmail
-    daemon = Daemon(sm)       # a letter, if one were sent, would arrive
+    daemon = Daemon(sm)
     try:
-        submit_to_unknown_list(mta, SENDER, message("discard me", to=UNKNOWN))
+        submit_to_unknown_list(mta, sender, data)
         time.sleep(1.0)
         assert queues_empty(sm), (client_queue_files(sm), sm.mailq())
     finally:
         daemon.stop()
     assert sm.captured() == []
     log = sm.log()
-    joined = "\n".join(log)
+    return log, "\n".join(log)
+
+
+def test_discard_policy_sends_nothing_and_exits_0(mta):
+    edit_config(mta.config, {"mm-handler": {"unknown_list": "discard"}})
+    log, joined = submit_expecting_no_letter(
+        mta, SENDER, message("discard me", to=UNKNOWN))
     assert "stat=Sent" in mailman_mailer_line(log), joined
     assert re.search(r"mm-handler\[\d+\]: sender=<%s> recipient=%s .*status=0 "
                      r".*discarded: no list named ['\"]nolist['\"] here"
@@ -327,17 +334,8 @@ def test_discard_policy_sends_nothing_and_exits_0(mta):
 
 def test_bounce_policy_sends_nothing_for_a_null_sender_original(mta):
     edit_config(mta.config, {"mm-handler": {"unknown_list": "bounce"}})
-    sm = mta.sendmail
-    daemon = Daemon(sm)
-    try:
-        submit_to_unknown_list(mta, "<>", dsn_message(UNKNOWN, "<dsn.policies@mx.example.net>"))
-        time.sleep(1.0)
-        assert queues_empty(sm), (client_queue_files(sm), sm.mailq())
-    finally:
-        daemon.stop()
-    assert sm.captured() == []
-    log = sm.log()
-    joined = "\n".join(log)
+    log, joined = submit_expecting_no_letter(
+        mta, "<>", dsn_message(UNKNOWN, "<dsn.policies@mx.example.net>"))
     assert "stat=Sent" in mailman_mailer_line(log), joined
     assert re.search(r"mm-handler\[\d+\]: no bounce for %s: null or unusable "
                      r"envelope sender" % re.escape(UNKNOWN), joined), joined
