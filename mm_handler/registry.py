@@ -89,20 +89,23 @@ class NoLists:
         return None
 
 
-def resolve(readings, lists):
-    """The reading whose list exists, or None.
+def candidates(readings, lists):
+    """The readings a delivery may try, in the order to try them.
 
-    With no on-disk view, the best guess is returned: the LIST-ACTION
-    reading (what Mailman 3 itself tries first), then owner-LIST, then the
-    whole name; the LMTP server resolves it again and has the last word.
+    With an on-disk view: the first reading whose list exists (a list named
+    like the whole local part wins), or none.  Without one (Mailman 3, no
+    var_dir): every reading, the whole name first; the LMTP server is asked
+    each in turn and has the last word, so a list really named
+    ``news-admin`` or ``owner-foo`` is never taken for another list's
+    address.
     """
     for target in readings:
         found = lists.exists(target)
         if found is None:
-            return readings[1] if len(readings) > 1 else readings[0]
+            return list(readings)
         if found:
-            return target
-    return None
+            return [target]
+    return []
 
 
 def for_settings(settings):

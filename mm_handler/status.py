@@ -23,31 +23,40 @@ EX_PROTOCOL = 76
 EX_NOPERM = 77
 EX_CONFIG = 78
 
-# code: (enhanced status, text, temporary)
+# code: (enhanced status, text).  Whether a code is temporary follows from
+# its enhanced status (4.x.x), as in Postfix's sys_exits.c: one answer.
 EXIT_STATUS = {
-    EX_OK: ("2.0.0", "delivered", False),
-    EX_USAGE: ("5.3.0", "command line usage error", False),
-    EX_DATAERR: ("5.6.0", "data format error", False),
-    EX_NOINPUT: ("5.3.0", "cannot open input", False),
-    EX_NOUSER: ("5.1.1", "user unknown", False),
-    EX_NOHOST: ("5.1.2", "host name unknown", False),
-    EX_UNAVAILABLE: ("5.3.0", "service unavailable", False),
-    EX_SOFTWARE: ("5.3.0", "internal software error", False),
-    EX_OSERR: ("4.3.0", "system resource problem", True),
-    EX_OSFILE: ("5.3.0", "critical OS file missing", False),
-    EX_CANTCREAT: ("5.2.0", "can't create output file", False),
-    EX_IOERR: ("5.3.0", "input/output error", False),
-    EX_TEMPFAIL: ("4.3.0", "temporary failure", True),
-    EX_PROTOCOL: ("5.5.0", "remote error in protocol", False),
-    EX_NOPERM: ("5.7.0", "permission denied", False),
-    EX_CONFIG: ("5.3.5", "local configuration error", False),
+    EX_OK: ("2.0.0", "delivered"),
+    EX_USAGE: ("5.3.0", "command line usage error"),
+    EX_DATAERR: ("5.6.0", "data format error"),
+    EX_NOINPUT: ("5.3.0", "cannot open input"),
+    EX_NOUSER: ("5.1.1", "user unknown"),
+    EX_NOHOST: ("5.1.2", "host name unknown"),
+    EX_UNAVAILABLE: ("5.3.0", "service unavailable"),
+    EX_SOFTWARE: ("5.3.0", "internal software error"),
+    EX_OSERR: ("4.3.0", "system resource problem"),
+    EX_OSFILE: ("5.3.0", "critical OS file missing"),
+    EX_CANTCREAT: ("5.2.0", "can't create output file"),
+    EX_IOERR: ("4.3.0", "input/output error"),   # Sendmail retries it
+    EX_TEMPFAIL: ("4.3.0", "temporary failure"),
+    EX_PROTOCOL: ("5.5.0", "remote error in protocol"),
+    EX_NOPERM: ("5.7.0", "permission denied"),
+    EX_CONFIG: ("5.3.5", "local configuration error"),
 }
+
+# LMTP stages: where in the conversation a reply came.
+STAGE_GREETING = "greeting"
+STAGE_LHLO = "lhlo"
+STAGE_MAIL = "mail"
+STAGE_RCPT = "rcpt"
+STAGE_DATA = "data"     # the reply to DATA (354 expected)
+STAGE_DOT = "dot"       # a reply after the final dot
 
 # LMTP reply -> exit code.  Keys are (stage, reply code) first, then
 # (None, reply code), then (None, first digit).  Stages: "greeting", "lhlo",
 # "mail", "rcpt", "data" (the 354 wait) and "dot" (after the final dot).
 LMTP_REPLY_EXIT = {
-    ("dot", 501): EX_DATAERR,       # Mailman 3: "501 Message has defects"
+    (STAGE_DOT, 501): EX_DATAERR,       # Mailman 3: "501 Message has defects"
     (None, 550): EX_NOUSER,         # the issue's contract: 550/551/553 at
     (None, 551): EX_NOUSER,         # any stage; after the dot Mailman 3
     (None, 553): EX_NOUSER,         # says 550 when the list just vanished
@@ -63,7 +72,8 @@ def enhanced(code):
 
 
 def is_temporary(code):
-    return EXIT_STATUS.get(code, EXIT_STATUS[EX_SOFTWARE])[2]
+    """Sendmail keeps the message queued for this code (a 4.x.x status)."""
+    return enhanced(code).startswith("4.")
 
 
 def exit_for_reply(stage, reply_code):
@@ -99,13 +109,14 @@ def combine(codes):
 class Outcome:
     """What happened to one recipient: exit code, a human reason, the reply."""
 
-    __slots__ = ("code", "reason", "reply", "stage")
+    __slots__ = ("code", "reason", "reply", "stage", "rcpt")
 
-    def __init__(self, code, reason, reply="", stage=""):
+    def __init__(self, code, reason, reply="", stage="", rcpt=""):
         self.code = code
         self.reason = reason
         self.reply = reply
         self.stage = stage      # the LMTP stage that answered, if any
+        self.rcpt = rcpt        # the LMTP address that answered, if any
 
     def __repr__(self):
         return "Outcome(%d, %r, %r, %r)" % (self.code, self.reason, self.reply,
