@@ -11,10 +11,9 @@ Not on the delivery path: imported only when a recipient is refused.
 """
 
 import os
-import subprocess
 
 from .log import LOG_ERR, LOG_NOTICE, display
-from .status import EX_OK, EX_TEMPFAIL, Outcome
+from .status import EX_OK, EX_TEMPFAIL, STATUS_UNKNOWN_LIST, Outcome
 
 DEFAULT_TEMPLATE = os.path.join(os.path.dirname(__file__), "templates",
                                 "unknown-list.txt")
@@ -113,7 +112,7 @@ def render_for_recipient(settings, recipient):
     name = target.name if target else display(local)
     refusal = Refusal(display(local) + "@" + display(domain), name,
                       target.action if target else "post", display(domain),
-                      "5.1.1", 'no list named "%s" here' % name, "")
+                      STATUS_UNKNOWN_LIST, 'no list named "%s" here' % name, "")
     text = render(settings, refusal)
     return text if text.endswith("\n") else text + "\n"
 
@@ -121,6 +120,9 @@ def render_for_recipient(settings, recipient):
 # ---------------------------------------------------------------- loops
 
 AUTOMATIC_PRECEDENCE = ("bulk", "junk", "list")
+# RFC 2369 / 2919 headers: their presence makes a message list mail
+LIST_HEADERS = ("List-Id", "List-Unsubscribe", "List-Subscribe", "List-Post",
+                "List-Help", "List-Owner", "List-Archive")
 
 
 def automatic_reason(header_bytes):
@@ -133,6 +135,9 @@ def automatic_reason(header_bytes):
     precedence = str(headers.get("Precedence", "")).strip().lower()
     if precedence in AUTOMATIC_PRECEDENCE:
         return "Precedence: " + precedence
+    for name in LIST_HEADERS:
+        if name in headers:
+            return "list mail (%s:)" % name
     ctype = headers.get_content_type()
     if ctype in ("multipart/report", "message/delivery-status"):
         return "a delivery report (%s)" % ctype
@@ -157,13 +162,26 @@ def _header_block(data):
     return data
 
 
-def build_report(settings, refusal, text, original_head, original_chunks,
+def letter_text(settings, refusals, log=None):
+    """The template for the first refusal; with several, every refused
+    address and its reason after it (one letter per message)."""
+    text = render(settings, refusals[0], log)
+    if len(refusals) > 1:
+        text = text.rstrip("\n") + "\n\nEvery address of this message that was " \
+            "refused:\n" + "".join("  <%s>: %s\n" % (r.recipient, r.reason)
+                                  for r in refusals)
+    return text
+
+
+def build_report(settings, refusals, text, original_head, original_chunks,
                  original_size, eight_bit=False):
     """The RFC 3464 letter as bytes (LF line ends, as sendmail -oi expects).
 
-    `original_head` is the start of the original (its header block at
-    least); `original_chunks` yields the whole original when it is small
-    enough to be attached in full; `eight_bit` says it has non-ASCII bytes.
+    One letter for every refused recipient of a message: a per-recipient
+    block each.  `original_head` is the start of the original (its header
+    block at least); `original_chunks` yields the whole original when it is
+    small enough to be attached in full; `eight_bit` says it has non-ASCII
+    bytes.
     """
     from email.charset import QP, Charset
     from email.utils import formatdate, make_msgid
@@ -178,12 +196,14 @@ def build_report(settings, refusal, text, original_head, original_chunks,
         cs.body_encoding = QP
         body = cs.body_encode(text)
         cte = "quoted-printable"
-    diagnostic = refusal.reply or "550 %s %s" % (refusal.status, refusal.reason)
     whole = original_size <= settings.get("bounce", "max_original")
+    first = refusals[0]
+    subject = first.reason if len(refusals) == 1 else "%d addresses refused" % len(
+        refusals)
     out = [
         "From: Mail Delivery System <MAILER-DAEMON@%s>" % server,
-        "To: <%s>" % refusal.sender,
-        "Subject: Undeliverable: %s" % refusal.reason,
+        "To: <%s>" % first.sender,
+        "Subject: Undeliverable: %s" % subject,
         "Date: " + now,
         "Message-ID: " + make_msgid("mm-handler", domain=server),
         "Auto-Submitted: auto-replied",
@@ -206,23 +226,29 @@ def build_report(settings, refusal, text, original_head, original_chunks,
         "",
         "Reporting-MTA: dns; " + server,
         "Arrival-Date: " + now,
-        "",
-        "Final-Recipient: rfc822; " + refusal.recipient,
-        "Action: failed",
-        "Status: " + refusal.status,
-        "Diagnostic-Code: smtp; " + display(diagnostic.replace("\n", " "), 400),
-        "",
-        "--" + boundary,
     ]
+    for refusal in refusals:
+        diagnostic = refusal.reply or "550 %s %s" % (refusal.status, refusal.reason)
+        out += [
+            "",
+            "Final-Recipient: rfc822; " + refusal.recipient,
+            "Action: failed",
+            "Status: " + refusal.status,
+            "Diagnostic-Code: smtp; " + display(diagnostic.replace("\n", " "), 400),
+        ]
+    out += ["", "--" + boundary]
     if whole:
         out += ["Content-Type: message/rfc822",
                 "Content-Description: Undelivered message"]
-        out += ["Content-Transfer-Encoding: 8bit", ""] if eight_bit else [""]
     else:
         out += ["Content-Type: text/rfc822-headers",
                 "Content-Description: Headers of the undelivered message "
                 "(%d bytes, over the %d-byte limit)"
-                % (original_size, settings.get("bounce", "max_original")), ""]
+                % (original_size, settings.get("bounce", "max_original"))]
+    returned = _header_block(original_head) if not whole else b""
+    if eight_bit if whole else not returned.isascii():
+        out.append("Content-Transfer-Encoding: 8bit")
+    out.append("")
     yield "\n".join(out).encode("ascii") + b"\n"
     if whole:
         last = b"\n"
@@ -233,61 +259,66 @@ def build_report(settings, refusal, text, original_head, original_chunks,
         if last != b"\n":
             yield b"\n"
     else:
-        yield _header_block(original_head)
+        yield returned
     yield ("\n--%s--\n" % boundary).encode("ascii")
 
 
 def hand_off(settings, recipient, letter_chunks):
-    """``SENDMAIL -oi -f <> -- RECIPIENT``: no shell, null envelope sender."""
+    """``SENDMAIL -oi -f <> -- RECIPIENT``: no shell, null envelope sender.
+
+    Spawn, write, read and wait share one deadline (HANDOFF_TIMEOUT), so a
+    program that never reads, or leaves a child behind, cannot hold us.
+    Returns an Outcome: EX_OK once the program took the whole letter.
+    """
+    from .child import run
     program = settings.get("bounce", "sendmail")
     argv = [program, "-oi", "-f", "<>", "--", recipient]
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env={}, cwd="/", close_fds=True)
+        done = run(program, argv, {}, letter_chunks, HANDOFF_TIMEOUT)
     except OSError as exc:
         return Outcome(EX_TEMPFAIL, "cannot run %s to send the bounce: %s"
                        % (program, exc.strerror or exc))
-    try:
-        for data in letter_chunks:
-            proc.stdin.write(data)
-        proc.stdin.close()
-        said = proc.stdout.read(4096).decode("utf-8", "replace").strip()
-        code = proc.wait(HANDOFF_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        proc.kill()
-        proc.wait()
-        return Outcome(EX_TEMPFAIL, "%s failed taking the bounce: %s"
-                       % (program, exc))
+    said = done.output.decode("utf-8", "replace").strip()
+    said = ": " + display(said) if said else ""
+    if done.status is None:
+        return Outcome(EX_TEMPFAIL, "%s did not take the bounce within %d s and "
+                       "was killed" % (program, HANDOFF_TIMEOUT))
+    if os.WIFSIGNALED(done.status):
+        return Outcome(EX_TEMPFAIL, "%s was killed by signal %d taking the bounce"
+                       % (program, os.WTERMSIG(done.status)))
+    code = os.WEXITSTATUS(done.status)
     if code != 0:
         return Outcome(EX_TEMPFAIL, "%s exited %d taking the bounce%s"
-                       % (program, code, ": " + display(said) if said else ""))
-    return None
+                       % (program, code, said))
+    if not done.wrote_all or done.unread:
+        return Outcome(EX_TEMPFAIL, "%s exited 0 without reading the whole "
+                       "bounce" % program)
+    return Outcome(EX_OK, "bounce handed to %s" % program)
 
 
-def send_bounce(settings, log, refusal, message, spool_dir, threshold):
-    """The ``bounce`` policy for one refused recipient; returns an Outcome."""
-    try:
-        message.spool(spool_dir, threshold)
-    except OSError as exc:
-        return Outcome(EX_TEMPFAIL, "cannot spool the message in %s for the "
-                       "bounce: %s" % (spool_dir, exc.strerror or exc))
+def send_letter(settings, log, refusals, message):
+    """The ``bounce`` policy: ONE letter for every refused recipient of the
+    message.  The message must be spooled (it is read several times).
+    Returns the Outcome that applies to each of `refusals`.
+    """
+    names = ", ".join("<%s>" % r.recipient for r in refusals)
+    reasons = "; ".join(sorted(set(r.reason for r in refusals)))
+    sender = refusals[0].sender
     head = b""
     for data in message.chunks():
         head += data
         if len(head) >= MAX_HEADER_BLOCK or b"\n\n" in head or b"\r\n\r\n" in head:
             break
-    why_not = no_letter_reason(refusal.sender, _header_block(head))
+    why_not = no_letter_reason(sender, _header_block(head))
     if why_not:
-        log.send(LOG_NOTICE, "no bounce for %s: %s" % (refusal.recipient, why_not))
-        return Outcome(EX_OK, "refused (%s), no bounce: %s"
-                       % (refusal.reason, why_not), refusal.reply)
-    text = render(settings, refusal, log)
+        log.send(LOG_NOTICE, "no bounce for %s: %s" % (names, why_not))
+        return Outcome(EX_OK, "refused (%s), no bounce: %s" % (reasons, why_not))
+    text = letter_text(settings, refusals, log)
     size = message.size - len(message.from_line)
     eight_bit = not all(data.isascii() for data in message.chunks())
-    failed = hand_off(settings, refusal.sender, build_report(
-        settings, refusal, text, head, message.chunks(), size, eight_bit))
-    if failed is not None:
-        return failed
-    return Outcome(EX_OK, "refused (%s), bounce sent to <%s>"
-                   % (refusal.reason, refusal.sender), refusal.reply)
+    sent = hand_off(settings, sender, build_report(
+        settings, refusals, text, head, message.chunks(), size, eight_bit))
+    if sent.code != EX_OK:
+        return sent
+    return Outcome(EX_OK, "refused (%s), one bounce for %d address%s sent to <%s>"
+                   % (reasons, len(refusals), "es" * (len(refusals) > 1), sender))

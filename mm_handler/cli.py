@@ -6,6 +6,7 @@ admin.  Nothing escapes main(): an uncaught exception would exit 1, which
 Sendmail bounces with the traceback inside.
 """
 
+import _signal
 import os
 import sys
 import time
@@ -13,7 +14,9 @@ import time
 from . import __version__, address, envelope, registry
 from .config import ConfigError, config_path, load
 from .log import LOG_ERR, LOG_INFO, LOG_NOTICE, Syslog, delivery_line, display
-from .status import (EX_NOUSER, EX_OK, EX_TEMPFAIL, Outcome, combine, enhanced,
+from .status import (EX_CONFIG, EX_NOUSER, EX_OK, EX_TEMPFAIL, STAGE_RCPT,
+                     STATUS_SITE_FAULT, STATUS_TEMPORARY, STATUS_UNAPPROVED,
+                     STATUS_UNKNOWN_LIST, Outcome, combine, enhanced,
                      is_temporary)
 
 TRACE_HEADER = b"X-Mailman-Handler: mm-handler " + __version__.encode()
@@ -52,7 +55,7 @@ def _run(argv, log):
     except ConfigError as exc:
         if inv.mode == "check":
             sys.stdout.write("FAIL %s\n" % exc)
-            return 78
+            return EX_CONFIG
         return _site_fault(log, str(exc))
     log = Syslog(settings.get("mm-handler", "syslog_socket"),
                  settings.get("mm-handler", "syslog_facility"))
@@ -68,8 +71,9 @@ def _run(argv, log):
 
 def _site_fault(log, text):
     """A fault of this site (arguments, configuration): keep the mail."""
-    _say("4.3.5 mm-handler: %s; the message is kept for retry" % text)
-    log.send(LOG_ERR, "site fault, exit 75: %s" % text)
+    _say("%s mm-handler: %s; the message is kept for retry"
+         % (STATUS_SITE_FAULT, text))
+    log.send(LOG_ERR, "site fault, exit %d: %s" % (EX_TEMPFAIL, text))
     _drain_stdin()
     return EX_TEMPFAIL
 
@@ -79,8 +83,8 @@ def _crash(exc, log):
         import traceback
         for line in traceback.format_exc().splitlines():
             log.send(LOG_ERR, "internal error: " + line)
-        _say("4.3.0 mm-handler: internal error (%s); the message is kept for "
-             "retry" % type(exc).__name__)
+        _say("%s mm-handler: internal error (%s); the message is kept for "
+             "retry" % (STATUS_TEMPORARY, type(exc).__name__))
         _drain_stdin()
     except BaseException:   # noqa: BLE001 - nothing may escape
         pass
@@ -114,7 +118,7 @@ def _drain_stdin():
     try:
         if os.isatty(0):
             return
-        while os.read(0, 65536):
+        while envelope.read_chunk(0):
             pass
     except OSError:
         pass
@@ -128,14 +132,38 @@ class Recipient:
         local, domain = address.split_recipient(text, host)
         self.address = display(local) + "@" + display(domain)
         self.readings = address.readings(text, host)
-        self.target = None
+        self.candidates = []    # the readings delivery may try, in order
+        self.target = None      # the reading delivered to, or refused
         self.outcome = None
+        self.refusal = None     # waiting for the one bounce letter
 
     def guessed_name(self):
         """The list name to show when none was found (the suffix reading)."""
         if self.readings:
             return self.readings[1 if len(self.readings) > 1 else 0].name
         return display(self.text.rpartition("@")[0] or self.text)
+
+
+class Interrupted(BaseException):
+    """A catchable signal (Sendmail's kill, a shutdown) arrived mid-run.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
+    on the way can swallow it: every step unwinds, the Mailman 2 wrapper is
+    killed before its stdin closes, no LMTP final dot is sent.
+    """
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+INTERRUPTS = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT)
+
+
+def _interrupted(signum, frame):
+    for sig in INTERRUPTS:      # one unwinding is enough
+        _signal.signal(sig, _signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 class Delivery:
@@ -146,104 +174,182 @@ class Delivery:
         self.backend = settings.get("mm-handler", "backend")
         self.started = time.monotonic()
         self.message = None
+        self.sender = ""
 
     def run(self):
+        for sig in INTERRUPTS:
+            _signal.signal(sig, _interrupted)
+        recipients = [Recipient(text, self.inv.host) for text in self.inv.recipients]
+        try:
+            self._deliver(recipients)
+        except Interrupted as exc:
+            self._fail_pending(recipients, "interrupted by signal %d before "
+                               "Mailman had the message" % exc.signum)
+        except envelope.InputError as exc:
+            self._fail_pending(recipients, str(exc))
+        if self.message is not None:
+            self.message.close()
+        return self._finish(recipients)
+
+    def _fail_pending(self, recipients, reason):
+        """After an interruption nothing is known to be delivered: 75 for all
+        that have no final outcome (a duplicate beats a loss)."""
+        for r in recipients:
+            if r.outcome is None or r.refusal is not None:
+                r.outcome = Outcome(EX_TEMPFAIL, reason)
+                r.refusal = None
+
+    def _deliver(self, recipients):
         inv = self.inv
         if not inv.dry_run or inv.sender is None:
-            try:
-                self.message = envelope.Message(0)
-            except OSError as exc:
-                return _site_fault(self.log, "cannot read the message: %s" % exc)
+            self.message = envelope.Message(0)
         sender = inv.sender
         if sender is None and self.message is not None:
             sender = self.message.from_line_sender()
         self.sender = envelope.clean_sender(sender)
-        recipients = [Recipient(text, inv.host) for text in inv.recipients]
         lists = registry.for_settings(self.settings)
         deliverable = [r for r in recipients if self._resolve(r, lists)]
         if deliverable and not inv.dry_run and self.message.empty:
             for r in deliverable:
                 r.outcome = Outcome(EX_TEMPFAIL, "no message on standard input")
             deliverable = []
+        if not inv.dry_run and self._readers(recipients, deliverable) > 1:
+            # read the whole message before anything is handed over: a
+            # spool failure then costs a retry, never a fragment
+            try:
+                self.message.spool(self.settings.get("mm-handler", "spool_dir"),
+                                   self.settings.get("mm-handler", "spool_threshold"))
+            except envelope.InputError as exc:
+                self._fail_pending(recipients, str(exc))
+                return
         if deliverable:
             if self.backend == "mailman3":
                 self._to_mailman3(deliverable)
             else:
                 self._to_mailman2(deliverable)
-        if self.message is not None:
-            self.message.close()
-        return self._finish(recipients)
+        self._send_letter([r for r in recipients if r.refusal is not None])
+
+    def _readers(self, recipients, deliverable):
+        """How many times the message will be read: more than once needs it
+        spooled first."""
+        letters = any(r.refusal is not None for r in recipients)
+        if self.backend == "mailman2":
+            return len(deliverable) + letters
+        # over LMTP a recipient refused at RCPT beside an accepted one needs
+        # a letter after DATA has read the message
+        may_refuse = len(deliverable) > 1 and "bounce" in (
+            self.settings.get("mm-handler", "unknown_list"),
+            self.settings.get("mm-handler", "unapproved_action"))
+        return (1 if deliverable else 0) + (letters or may_refuse)
 
     def _resolve(self, r, lists):
         """Find the list; an Outcome for r when it cannot be delivered."""
         try:
-            r.target = registry.resolve(r.readings, lists)
+            found = registry.candidates(r.readings, lists)
         except registry.RegistryError as exc:
             r.outcome = Outcome(EX_TEMPFAIL, str(exc))
             return False
-        if r.target is None:
-            r.outcome = self._refuse(r, "unknown_list")
+        if not found:
+            self._refuse(r, "unknown_list")
             return False
         approved = self.settings.get("mm-handler", "approved_actions")
-        if r.target.action not in approved:
-            r.outcome = self._refuse(r, "unapproved_action")
+        r.candidates = [t for t in found if t.action in approved]
+        r.target = (r.candidates or found)[0]
+        if not r.candidates:
+            self._refuse(r, "unapproved_action")
             return False
         return True
 
     def _refuse(self, r, kind, reply=""):
         """Apply the unknown_list / unapproved_action policy to r."""
-        from .bounce import Refusal, render, send_bounce
+        from .bounce import Refusal, render
         name = r.target.name if r.target else r.guessed_name()
         action = r.target.action if r.target else "post"
         if kind == "unknown_list":
-            status, reason = "5.1.1", 'no list named "%s" here' % name
+            status, reason = STATUS_UNKNOWN_LIST, 'no list named "%s" here' % name
         else:
-            status, reason = "5.7.1", 'list "%s" takes no "%s" mail here' % (
+            status, reason = STATUS_UNAPPROVED, 'list "%s" takes no "%s" mail here' % (
                 name, action)
         refusal = Refusal(r.address, name, action, r.address.rpartition("@")[2],
                           status, reason, self.sender, reply)
         policy = self.settings.get("mm-handler", kind)
         if policy == "discard":
-            return Outcome(EX_OK, "discarded: " + reason, reply)
-        if policy == "bounce" and not self.inv.dry_run:
-            return send_bounce(self.settings, self.log, refusal, self.message,
-                               self.settings.get("mm-handler", "spool_dir"),
+            r.outcome = Outcome(EX_OK, "discarded: " + reason, reply)
+        elif policy == "bounce":
+            r.refusal = refusal     # one letter for all, once delivery is done
+            r.outcome = Outcome(EX_OK, "refused (%s), bounce letter pending"
+                                % reason, reply)
+        else:
+            # reject: the text goes to stdout, where Sendmail's DSN transcript
+            # carries it, before the one-line reason on stderr
+            _write_stdout(render(self.settings, refusal, self.log))
+            r.outcome = Outcome(EX_NOUSER, "%s <%s>: %s" % (status, r.address, reason),
+                                reply)
+
+    def _send_letter(self, refused):
+        """One bounce letter naming every refused recipient."""
+        if not refused:
+            return
+        if self.inv.dry_run:
+            for r in refused:
+                r.outcome = Outcome(EX_OK, "dry run: %s; a bounce letter would "
+                                    "go to <%s>" % (r.refusal.reason,
+                                                    self.sender or ""), r.outcome.reply)
+                r.refusal = None
+            return
+        from .bounce import send_letter
+        try:
+            self.message.spool(self.settings.get("mm-handler", "spool_dir"),
                                self.settings.get("mm-handler", "spool_threshold"))
-        # reject: the text goes to stdout, where Sendmail's DSN transcript
-        # carries it, before the one-line reason on stderr
-        _write_stdout(render(self.settings, refusal, self.log))
-        return Outcome(EX_NOUSER, "%s <%s>: %s" % (status, r.address, reason), reply)
+            sent = send_letter(self.settings, self.log,
+                               [r.refusal for r in refused], self.message)
+        except envelope.InputError as exc:
+            sent = Outcome(EX_TEMPFAIL, "%s, for the bounce letter" % exc)
+        for r in refused:
+            r.outcome = Outcome(sent.code, sent.reason, r.outcome.reply)
+            r.refusal = None
+
+    @staticmethod
+    def _lmtp_address(target):
+        action = MAILMAN3_ACTION.get(target.action, target.action)
+        return target.local_part(action) + "@" + target.domain
+
+    def _rcpts(self, r):
+        """The LMTP addresses to try for r, in order, without repeats."""
+        out = []
+        for t in r.candidates:
+            rcpt = self._lmtp_address(t)
+            if rcpt not in out:
+                out.append(rcpt)
+        return out
 
     def _to_mailman3(self, deliverable):
         from . import lmtp
-        rcpts = []
-        for r in deliverable:
-            action = MAILMAN3_ACTION.get(r.target.action, r.target.action)
-            rcpts.append(r.target.local_part(action) + "@" + r.target.domain)
+        rcpts = [self._rcpts(r) for r in deliverable]
         endpoints = self.settings.get("mailman3", "lmtp")
         timeout = self.settings.get("mailman3", "timeout")
         if self.inv.dry_run:
-            for r, rcpt in zip(deliverable, rcpts):
+            for r, tries in zip(deliverable, rcpts):
                 self._print_decision(r, "RCPT TO:<%s> via %s" % (
-                    rcpt, ", ".join(map(lmtp.describe_endpoint, endpoints))))
+                    ">, then <".join(tries),
+                    ", ".join(map(lmtp.describe_endpoint, endpoints))))
             outcomes = lmtp.deliver(endpoints, timeout, self.sender, rcpts,
                                     None, None, lmtp.lhlo_name())
         else:
-            if len(deliverable) > 1 and "bounce" in (
-                    self.settings.get("mm-handler", "unknown_list"),
-                    self.settings.get("mm-handler", "unapproved_action")):
-                # a RCPT refused beside an accepted one needs the message
-                # again for its bounce letter, after DATA has read stdin
-                self._spool()
-            header = TRACE_HEADER if self._trace else b""
+            header = [TRACE_HEADER] if self._trace else []
             outcomes = lmtp.deliver(endpoints, timeout, self.sender, rcpts,
                                     header, self.message.chunks(),
                                     lmtp.lhlo_name())
-        for r, outcome in zip(deliverable, outcomes):
-            if outcome.code == EX_NOUSER and outcome.stage == "rcpt":
+        for r, tries, outcome in zip(deliverable, rcpts, outcomes):
+            for t in r.candidates:
+                if self._lmtp_address(t) == outcome.rcpt:
+                    r.target = t        # the reading the server answered for
+                    break
+            if outcome.code == EX_NOUSER and outcome.stage == STAGE_RCPT:
                 # the server has the last word on which lists exist
-                outcome = self._refuse(r, "unknown_list", outcome.reply)
-            r.outcome = outcome
+                self._refuse(r, "unknown_list", outcome.reply)
+            else:
+                r.outcome = outcome
 
     def _to_mailman2(self, deliverable):
         from . import wrapper
@@ -258,27 +364,11 @@ class Delivery:
                     r.outcome = Outcome(EX_TEMPFAIL, "wrapper %s is missing or "
                                         "not executable" % program)
             return
-        if len(deliverable) > 1 and not self._spool():
-            for r in deliverable:
-                r.outcome = self.spool_failure
-            return
         timeout = self.settings.get("mailman2", "timeout")
         for r in deliverable:
             r.outcome = wrapper.deliver(
                 program, r.target.action, r.target.name, self._wrapper_stream(),
                 timeout, os.environ)
-
-    def _spool(self):
-        """Read the whole message now, so that it can be sent again."""
-        spool_dir = self.settings.get("mm-handler", "spool_dir")
-        try:
-            self.message.spool(spool_dir, self.settings.get(
-                "mm-handler", "spool_threshold"))
-            return True
-        except OSError as exc:
-            self.spool_failure = Outcome(EX_TEMPFAIL, "cannot spool the message "
-                                         "in %s: %s" % (spool_dir, exc.strerror or exc))
-            return False
 
     @property
     def _trace(self):
@@ -321,6 +411,8 @@ class Delivery:
         code = combine(r.outcome.code for r in recipients)
         if self.inv.dry_run:
             sys.stdout.write("exit status: %d\n" % code)
+        elif self.message is not None:
+            self.message.drain()
         else:
             _drain_stdin()
         return code

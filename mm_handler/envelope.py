@@ -51,20 +51,26 @@ def parse_argv(argv):
 
     Hand-written rather than argparse: this runs once per message, and a
     mis-written mailer definition must get a precise one-line answer.
+
+    Sendmail puts ``-r SENDER`` first, then the A= words.  After it only the
+    separate ``-C FILE`` and ``--dry-run`` are options: a HOST ($h) that
+    looks like an option (``-C/path/evil.cfg``) is never obeyed.
     """
     inv = Invocation()
     args = list(argv)
     seen = set()
     while args and args[0].startswith("-") and args[0] != "-":
-        opt = args.pop(0)
+        opt = args[0]
         if opt == "--":
+            args.pop(0)
             break
-        # Sendmail puts -r SENDER first; an option met twice, or a mode
-        # option after it, is a HOST ($h) that looks like an option
+        after_sender = inv.sender is not None
+        if after_sender and opt not in ("-C", "--dry-run"):
+            break               # HOST, whatever it looks like
+        args.pop(0)
         name = "-r" if opt[:2] in ("-r", "-f") else "-C" if opt[:2] == "-C" else opt
-        if name in seen or (inv.sender is not None and name in MODE_OPTIONS):
-            raise UsageError("option %r %s (is HOST an option?)" % (
-                opt[:40], "given twice" if name in seen else "after -r SENDER"))
+        if name in seen:
+            raise UsageError("option %r given twice (is HOST an option?)" % opt[:40])
         seen.add(name)
         if opt in ("-h", "--help"):
             inv.mode = "help"
@@ -109,7 +115,25 @@ def parse_argv(argv):
                          % (len(args), "" if len(args) == 1 else "s"))
     inv.host = args[0]
     inv.recipients = args[1:]
+    if not is_host(inv.host):
+        raise UsageError("HOST %r is not a host name (is the mailer's A= "
+                         "'mm-handler $h $u' and $h the list domain?)"
+                         % inv.host[:60])
+    for rcpt in inv.recipients:
+        if not rcpt or rcpt.endswith("@"):
+            raise UsageError("RECIPIENT %r has no address (is the mailer's A= "
+                             "'mm-handler $h $u'?)" % rcpt[:60])
     return inv
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz"
+                        "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_[]:")
+
+
+def is_host(host):
+    """A plausible $h: a host name (or address literal), never an option."""
+    return (0 < len(host) <= 255 and host[0] not in "-."
+            and all(c in _HOST_CHARS for c in host))
 
 
 def is_null_sender(sender):
@@ -123,7 +147,8 @@ def clean_sender(sender):
     """The envelope sender as it may appear in a protocol line, or ''.
 
     '' is the null sender.  A sender with control characters, spaces, or
-    characters no address needs is treated as no sender at all.
+    characters no address needs is treated as no sender at all.  A UTF-8
+    (SMTPUTF8) sender is kept: the delivery backend decides how to pass it.
     """
     if sender is None:
         return ""
@@ -132,10 +157,14 @@ def clean_sender(sender):
         sender = sender[1:-1]
     if is_null_sender(sender):
         return ""
-    if (len(sender) > 512 or not sender.isascii()
+    if (len(sender) > 512 or not sender.isprintable()
             or any(c in _SENDER_BAD for c in sender)):
         return ""
     return sender
+
+
+class InputError(Exception):
+    """The message could not be read (or kept) whole: nothing may go out."""
 
 
 class Message:
@@ -143,8 +172,11 @@ class Message:
 
     ``chunks()`` yields the bytes after the From_ line once, unless
     ``spool()`` was called first, after which it can be replayed (several
-    recipients on the Mailman 2 wrapper).  Spooling keeps up to `threshold`
-    bytes in memory and the rest in an unnamed file in `spool_dir`.
+    recipients, or a bounce letter beside a delivery).  Spooling keeps up to
+    `threshold` bytes in memory and the rest in an unnamed file in
+    `spool_dir`.  Any read or spool failure raises InputError and leaves the
+    message unusable: every later ``chunks()`` raises too, so that no
+    fragment can ever be handed over.
     """
 
     def __init__(self, fd=0):
@@ -155,12 +187,19 @@ class Message:
         self._head = b""
         self._eof = False
         self._spool = None
+        self._broken = None
         self._read_first_line()
 
     def _read(self):
+        if self._broken is not None:
+            raise InputError(self._broken)
         if self._eof:
             return b""
-        data = os.read(self.fd, CHUNK)
+        try:
+            data = read_chunk(self.fd)
+        except OSError as exc:
+            self._broken = "cannot read the message: %s" % (exc.strerror or exc)
+            raise InputError(self._broken) from None
         if not data:
             self._eof = True
         self.size += len(data)
@@ -189,6 +228,10 @@ class Message:
         """True when nothing but (at most) a From_ line arrived."""
         return self._empty
 
+    @property
+    def spooled(self):
+        return self._spool is not None
+
     def from_line_sender(self):
         """The sender named in the From_ line ('From SENDER DATE'), or None."""
         words = self.from_line.decode("utf-8", "replace").split()
@@ -198,6 +241,8 @@ class Message:
         if self._spool is not None:
             yield from self._spool.replay()
             return
+        if self._broken is not None:
+            raise InputError(self._broken)
         head, self._head = self._head, b""
         if head:
             yield head
@@ -208,16 +253,52 @@ class Message:
             yield data
 
     def spool(self, spool_dir, threshold):
-        """Read the rest of stdin now so that chunks() can be replayed."""
-        if self._spool is None:
-            spool = _Spool(spool_dir, threshold)
+        """Read the rest of stdin now so that chunks() can be replayed.
+
+        InputError when it cannot be kept whole; the message is then
+        unusable (part of stdin is gone).
+        """
+        if self._spool is not None:
+            return
+        spool = _Spool(spool_dir, threshold)
+        try:
             for data in self.chunks():
                 spool.write(data)
-            self._spool = spool
+        except OSError as exc:
+            spool.close()
+            self._broken = "cannot spool the message in %s: %s" % (
+                spool_dir, exc.strerror or exc)
+            raise InputError(self._broken) from None
+        except BaseException:
+            spool.close()
+            self._broken = "the message was not read whole"
+            raise
+        self._spool = spool
+
+    def drain(self):
+        """Read what Sendmail still writes, so that it never sees EPIPE."""
+        if self._eof or self.fd is None:
+            return
+        try:
+            while read_chunk(self.fd):
+                pass
+        except OSError:
+            pass
+        self._eof = True
 
     def close(self):
         if self._spool is not None:
             self._spool.close()
+
+
+def read_chunk(fd):
+    """os.read that also works on a non-blocking stdin (EAGAIN: wait)."""
+    while True:
+        try:
+            return os.read(fd, CHUNK)
+        except BlockingIOError:
+            import select
+            select.select([fd], [], [])
 
 
 class _Spool:
@@ -236,8 +317,7 @@ class _Spool:
             self.held += len(data)
             return
         if self.fd is None:
-            # O_TMPFILE: no name, nothing left behind whatever happens next
-            self.fd = os.open(self.spool_dir, os.O_TMPFILE | os.O_RDWR, 0o600)
+            self.fd = unnamed_file(self.spool_dir)
             for part in self.memory:
                 _write_all(self.fd, part)
             self.memory = []
@@ -247,17 +327,47 @@ class _Spool:
         if self.fd is None:
             yield from self.memory
             return
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        while True:
-            data = os.read(self.fd, CHUNK)
-            if not data:
-                return
-            yield data
+        try:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            while True:
+                data = os.read(self.fd, CHUNK)
+                if not data:
+                    return
+                yield data
+        except OSError as exc:
+            raise InputError("cannot read the spooled message back: %s"
+                             % (exc.strerror or exc)) from None
 
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def unnamed_file(directory):
+    """A read-write file in `directory` that has no name: nothing is left
+    behind whatever happens next.  O_TMPFILE where the system (Linux) and the
+    file system have it; elsewhere an exclusive random name unlinked at once.
+    """
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        import errno
+        try:
+            return os.open(directory, tmpfile | os.O_RDWR, 0o600)
+        except OSError as exc:
+            # an old kernel (EISDIR) or a file system without it
+            if exc.errno not in (errno.EISDIR, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    flags = (os.O_RDWR | os.O_CREAT | os.O_EXCL
+             | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    path = os.path.join(directory, ".mm-handler-spool-" + os.urandom(8).hex())
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.unlink(path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write_all(fd, data):

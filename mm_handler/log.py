@@ -32,13 +32,23 @@ def display(text, limit=200):
 
 
 class Syslog:
+    """Lines to the syslog socket; after one failure, none for this run.
+
+    A syslog daemon that does not read fills the socket's small queue; each
+    further line would wait out the timeout again, and one run may log a
+    line per recipient.
+    """
+
     def __init__(self, path="/dev/log", facility="mail"):
         self.path = path
         self.facility = FACILITIES.get(facility, 2)
         self.sock = None
+        self.failed = False
 
     def send(self, priority, text):
         """Send one line (made printable; long text is cut, never split)."""
+        if self.failed:
+            return
         line = "<%d>%s %s[%d]: %s" % (
             self.facility * 8 + priority,
             time.strftime("%b %e %H:%M:%S"), IDENT, os.getpid(),
@@ -50,6 +60,7 @@ class Syslog:
                 self.sock.connect(self.path)
             self.sock.send(line.encode("ascii"))
         except OSError:
+            self.failed = True
             self.close()
 
     def close(self):

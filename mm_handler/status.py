@@ -44,6 +44,13 @@ EXIT_STATUS = {
     EX_CONFIG: ("5.3.5", "local configuration error"),
 }
 
+# Why a recipient is refused (enhanced status codes of RFC 3463), and the
+# class of faults that keep the mail: a site's own setup, or anything else.
+STATUS_UNKNOWN_LIST = "5.1.1"       # bad destination mailbox address
+STATUS_UNAPPROVED = "5.7.1"         # delivery not authorized
+STATUS_SITE_FAULT = "4.3.5"         # system incorrectly configured
+STATUS_TEMPORARY = "4.3.0"          # other or undefined mail system status
+
 # LMTP stages: where in the conversation a reply came.
 STAGE_GREETING = "greeting"
 STAGE_LHLO = "lhlo"

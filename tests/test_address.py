@@ -147,7 +147,7 @@ def test_mailman3_has_no_admin_address():
                                     "unsubscribe"}
 
 
-# --- resolve(): which reading names a list that exists ---------------------
+# --- candidates(): which readings delivery may try ---------------------
 
 class FakeLists:
     """An on-disk view as a set of names (no I/O)."""
@@ -175,16 +175,21 @@ class FakeLists:
     ("nope-request", ("test",), None),
     ("../test", ("test",), None),
 ])
-def test_resolve(recipient, lists, expected):
-    assert registry.resolve(readings(recipient, HOST), FakeLists(*lists)) == expected
+def test_candidates(recipient, lists, expected):
+    found = registry.candidates(readings(recipient, HOST), FakeLists(*lists))
+    assert found == ([expected] if expected else [])
 
 
-def test_resolve_without_an_on_disk_view_guesses_the_action_reading():
+def test_candidates_without_an_on_disk_view_ask_the_whole_name_first():
+    """The server is the last word: the whole name, then the suffix reading,
+    then owner-LIST (issue 8, 2: news-admin and owner-foo are real lists)."""
     nolists = registry.NoLists()
-    assert registry.resolve(readings("test", HOST), nolists) == T("test")
-    assert registry.resolve(readings("test-request", HOST), nolists) == T("test", "request")
-    assert registry.resolve(readings("owner-test", HOST), nolists) == T("test", "owner")
-    assert registry.resolve([], nolists) is None
+    assert registry.candidates(readings("test", HOST), nolists) == [T("test")]
+    assert registry.candidates(readings("news-admin", HOST), nolists) == [
+        T("news-admin"), T("news", "admin")]
+    assert registry.candidates(readings("owner-foo", HOST), nolists) == [
+        T("owner-foo"), T("foo", "owner")]
+    assert registry.candidates([], nolists) == []
 
 
 def test_mailman2_lists_on_disk(tmp_path):
@@ -214,7 +219,7 @@ def test_a_list_id_longer_than_a_file_name_is_no_list(tmp_path):
     assert is_domain(domain) and is_list_name("x" * 64)
     lists = registry.Mailman3Lists(str(tmp_path))
     assert lists.exists(T("x" * 64, domain=domain)) is False
-    assert registry.resolve(readings("x" * 64 + "-request@" + domain, HOST), lists) is None
+    assert registry.candidates(readings("x" * 64 + "-request@" + domain, HOST), lists) == []
 
 
 def test_a_missing_lists_directory_is_a_local_fault(tmp_path):

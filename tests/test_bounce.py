@@ -63,7 +63,7 @@ def test_letter_text_part_declares_a_charset_that_decodes_to_the_text(tmp_path, 
     settings = settings_with(template=path)
     text = bounce.render(settings, refusal())
     original = sample_message(from_line=b"")
-    letter = b"".join(bounce.build_report(settings, refusal(), text, original,
+    letter = b"".join(bounce.build_report(settings, [refusal()], text, original,
                                           [original], len(original)))
     msg = email.message_from_bytes(letter, policy=email.policy.default)
     part = msg.get_payload()[0]
@@ -115,7 +115,7 @@ def parse_letter(letter):
 def test_letter_is_a_multipart_report_with_three_parts():
     settings = settings_with(server="mx.example.test")
     original = sample_message(from_line=b"")
-    letter = b"".join(bounce.build_report(settings, refusal(), "Text.\n", original,
+    letter = b"".join(bounce.build_report(settings, [refusal()], "Text.\n", original,
                                           [original], len(original)))
     msg = parse_letter(letter)
     assert msg.get_content_type() == "multipart/report"
@@ -144,7 +144,7 @@ def test_letter_is_a_multipart_report_with_three_parts():
 def test_original_above_the_limit_is_returned_as_headers_only():
     settings = settings_with(max_original=1000)
     original = sample_message(from_line=b"", body=b"y" * 5000 + b"\n")
-    letter = b"".join(bounce.build_report(settings, refusal(), "Text.\n", original,
+    letter = b"".join(bounce.build_report(settings, [refusal()], "Text.\n", original,
                                           [original], len(original)))
     returned = parse_letter(letter).get_payload()[2]
     assert returned.get_content_type() == "text/rfc822-headers"
@@ -152,7 +152,7 @@ def test_original_above_the_limit_is_returned_as_headers_only():
     assert b"Subject: test" in letter
     at_limit = sample_message(from_line=b"")
     settings = settings_with(max_original=len(at_limit))
-    letter = b"".join(bounce.build_report(settings, refusal(), "T\n", at_limit,
+    letter = b"".join(bounce.build_report(settings, [refusal()], "T\n", at_limit,
                                           [at_limit], len(at_limit)))
     assert parse_letter(letter).get_payload()[2].get_content_type() == "message/rfc822"
 
@@ -168,6 +168,11 @@ def test_original_above_the_limit_is_returned_as_headers_only():
     ("a@example.org", b"Content-Type: multipart/report; report-type=delivery-status;"
                       b" boundary=x\n\n", "report"),
     ("a@example.org", b"Content-Type: message/delivery-status\n\n", "report"),
+    # list mail: List-* headers count even without Precedence (issue 8, 6)
+    ("a@example.org", b"List-Id: <x.example.org>\n\n", "list mail"),
+    ("a@example.org", b"List-Unsubscribe: <mailto:x-leave@example.org>\n\n",
+     "list mail"),
+    ("a@example.org", b"List-Post: <mailto:x@example.org>\n\n", "list mail"),
 ])
 def test_loop_cases_get_no_letter(sender, headers, why):
     assert why in bounce.no_letter_reason(sender, headers)

@@ -30,8 +30,10 @@ from pathlib import Path
 import pytest
 
 DOMAIN = "lists.example.test"
-# "news-bounces" is a list whose name looks like news's -bounces address.
-SESSION_LISTS = ("test", "my-list", "news-bounces", "news")
+# "news-bounces" is a list whose name looks like news's -bounces address;
+# "news-admin" and "owner-foo" look like news's and foo's role addresses.
+SESSION_LISTS = ("test", "my-list", "news-bounces", "news", "news-admin",
+                 "foo", "owner-foo")
 QUEUES = ("in", "command", "bounces")
 
 CONFIG_TEMPLATE = """\
@@ -304,8 +306,7 @@ def mailman3(public_tmp):
     assert (MAILMAN_VENV / "bin" / "runner").exists(), \
         "no Mailman 3 in %s: run `make test`" % MAILMAN_VENV
     runner = Mailman3Runner(MAILMAN_VENV, public_tmp / "mailman3", free_port())
-    for name in SESSION_LISTS:
-        runner.create_list("%s@%s" % (name, DOMAIN))
+    runner.create_lists(*("%s@%s" % (name, DOMAIN) for name in SESSION_LISTS))
     runner.start()
     yield runner
     runner.stop()

@@ -1,0 +1,312 @@
+"""Issue 8's reproduced defects, each as the adversary ran it, through the
+installed command against the real Mailman 3 runner or the Mailman 2
+stand-in.  Every test here failed before its fix.
+"""
+
+import email
+import email.policy
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import FROM_LINE, sample_message
+from tests.peers.mailman2_wrapper import Installed
+from tests.peers.mailman3 import DOMAIN
+from tests.test_bounce import CAPTURE, sent
+
+HOST = DOMAIN
+SENDER = "alice@example.org"
+TRACE = b"X-Mailman-Handler: mm-handler 0.1.0\n"
+
+
+@pytest.fixture
+def capture(tmp_path):
+    path = tmp_path / "fake-sendmail"
+    path.write_text(CAPTURE)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def mm2(tmp_path):
+    return Installed(tmp_path / "mailman", lists=["test", "other"])
+
+
+@pytest.fixture
+def mm2_config(make_config, mm2, capture):
+    def make(**mm_handler):
+        return make_config({
+            "mm-handler": dict({"backend": "mailman2"}, **mm_handler),
+            "mailman2": {"wrapper": mm2.path, "lists_dir": mm2.lists_dir,
+                         "timeout": "20"},
+            "bounce": {"sendmail": str(capture)},
+        })
+    return make
+
+
+def big_message(size=2 * 1024 * 1024, **kw):
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuv\n"
+    return sample_message(body=line * (size // len(line)), **kw)
+
+
+# -- 1. a spool failure hands nothing over ------------------------------------
+
+@pytest.mark.parametrize("threshold", ["1048576", "0"])
+def test_mailman3_spool_failure_hands_nothing_over(run_handler, mm3_config, mm3,
+                                                   capture, threshold):
+    config = mm3_config(unknown_list="bounce", spool_dir="/nonexistent",
+                        spool_threshold=threshold,
+                        extra={"bounce": {"sendmail": str(capture)}})
+    run = run_handler(["-r", SENDER, HOST, "test", "nope"], big_message(), config)
+    assert run.code == 75, run
+    assert "cannot spool the message in /nonexistent" in run.stderr
+    assert mm3.queued() == {}
+    assert sent(capture) == []
+
+
+def test_mailman2_spool_failure_beside_a_bounce_hands_nothing_over(
+        run_handler, mm2_config, mm2, capture):
+    config = mm2_config(unknown_list="bounce", spool_dir="/nonexistent",
+                        spool_threshold="0")
+    run = run_handler(["-r", SENDER, HOST, "nope", "test"], big_message(), config)
+    assert run.code == 75, run
+    assert mm2.queued() == []
+    assert sent(capture) == []
+
+
+def test_a_spool_without_o_tmpfile_leaves_nothing_behind(run_handler, mm2_config,
+                                                         mm2, tmp_path):
+    """The fallback for systems without O_TMPFILE: a random name, unlinked."""
+    from mm_handler import envelope
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    real = getattr(os, "O_TMPFILE", None)
+    try:
+        if real is not None:
+            del os.O_TMPFILE
+        fd = envelope.unnamed_file(str(spool))
+    finally:
+        if real is not None:
+            os.O_TMPFILE = real
+    try:
+        os.write(fd, b"kept")
+        assert os.listdir(spool) == []
+        os.lseek(fd, 0, os.SEEK_SET)
+        assert os.read(fd, 10) == b"kept"
+    finally:
+        os.close(fd)
+
+
+# -- 2. the whole-name reading is asked first (no var_dir) ----------------------
+
+@pytest.mark.parametrize("local, listid", [
+    ("news-admin", "news-admin"),     # not news's -bounces
+    ("owner-foo", "owner-foo"),       # not foo's owners
+    ("news-bounces", "news-bounces"),
+])
+def test_without_var_dir_a_list_named_like_a_role_gets_its_own_mail(
+        run_handler, mm3_config, mm3, local, listid):
+    run = run_handler(["-r", SENDER, HOST, local], sample_message(), mm3_config())
+    assert run.code == 0, run
+    assert mm3.queued() == {"in": 1}, mm3.queued()
+    (msg, data), = mm3.read_queue("in")
+    assert data["listid"] == "%s.%s" % (listid, DOMAIN)
+    assert data.get("to_list") and not data.get("subaddress")
+
+
+def test_without_var_dir_the_suffix_reading_follows_a_refused_whole_name(
+        run_handler, mm3_config, mm3):
+    run = run_handler(["-r", SENDER, HOST, "test-admin", "foo-owner"],
+                      sample_message(), mm3_config())
+    assert run.code == 0, run
+    assert mm3.queued() == {"bounces": 1, "in": 1}, mm3.queued()
+    (_, bounces), = mm3.read_queue("bounces")
+    (_, owner), = mm3.read_queue("in")
+    assert bounces["listid"] == "test." + DOMAIN
+    assert owner["listid"] == "foo." + DOMAIN and owner.get("to_owner")
+
+
+# -- 6. list headers are list mail: no letter ------------------------------------
+
+def test_list_mail_to_an_unknown_list_gets_no_letter(run_handler, mm2_config,
+                                                     capture, syslog_sink):
+    extra = (b"List-Id: <other.lists.example.org>\n"
+             b"List-Unsubscribe: <mailto:other-leave@lists.example.org>\n")
+    run = run_handler(["-r", "other-bounces@lists.example.org", HOST, "nope"],
+                      sample_message(extra=extra), mm2_config(unknown_list="bounce"))
+    assert run.code == 0, run
+    assert sent(capture) == []
+    assert any("no bounce" in m and "list mail" in m for m in syslog_sink.messages())
+
+
+# -- 8. dry run says what a real run does ----------------------------------------
+
+def test_dry_run_under_bounce_says_what_a_real_run_exits(run_handler, mm2_config,
+                                                         capture):
+    config = mm2_config(unknown_list="bounce")
+    dry = run_handler(["--dry-run", "-r", SENDER, HOST, "nope"], b"", config)
+    real = run_handler(["-r", SENDER, HOST, "nope"], sample_message(), config)
+    assert (dry.code, real.code) == (0, 0), (dry, real)
+    assert "exit status: 0" in dry.stdout and "bounce letter would go" in dry.stdout
+    assert len(sent(capture)) == 1
+
+
+# -- 10. non-blocking stdin, signals ---------------------------------------------
+
+def test_a_non_blocking_stdin_is_read_whole(handler, mm2_config, mm2):
+    message = big_message(size=600 * 1024)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    proc = subprocess.Popen([str(handler), "-C", str(mm2_config()), "-r", SENDER,
+                             HOST, "test"], stdin=r, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={}, cwd="/")
+    os.close(r)
+    with os.fdopen(w, "wb") as pipe:
+        for i in range(0, len(message), 7000):
+            pipe.write(message[i:i + 7000])
+            pipe.flush()
+            if i % 70000 == 0:
+                time.sleep(0.02)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    [queued] = [data for _, data in mm2.queued()]
+    assert queued == FROM_LINE + TRACE + message[len(FROM_LINE):]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_mid_stream_queues_nothing_in_mailman2(handler, mm2_config, mm2,
+                                                        signum):
+    """Sendmail kills a mailer on its timeout: the wrapper must not read a
+    clean end of file after half the message."""
+    message = big_message(size=1024 * 1024)
+    proc = subprocess.Popen([str(handler), "-C", str(mm2_config()), "-r", SENDER,
+                             HOST, "test"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={}, cwd="/")
+    proc.stdin.write(message[:len(message) // 2])
+    proc.stdin.flush()
+    time.sleep(0.5)         # the wrapper runs and has read what was sent
+    proc.send_signal(signum)
+    try:
+        proc.stdin.write(message[len(message) // 2:])
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    err = proc.stderr.read()
+    assert proc.wait(30) == 75, err
+    assert b"interrupted by signal %d" % signum in err
+    time.sleep(0.3)
+    assert mm2.queued() == []
+
+
+def test_a_signal_mid_data_sends_no_final_dot_to_mailman3(handler, mm3_config, mm3):
+    message = big_message(size=1024 * 1024)
+    proc = subprocess.Popen([str(handler), "-C", str(mm3_config()), "-r", SENDER,
+                             HOST, "test"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={}, cwd="/")
+    proc.stdin.write(message[:len(message) // 2])
+    proc.stdin.flush()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.stdin.write(message[len(message) // 2:])
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    err = proc.stderr.read()
+    assert proc.wait(30) == 75, err
+    time.sleep(0.5)
+    assert mm3.queued() == {}
+
+
+# -- 11. one letter per message ---------------------------------------------------
+
+def test_one_letter_names_every_refused_recipient(run_handler, mm2_config, capture):
+    unknown = ["nope%d" % i for i in range(30)]
+    run = run_handler(["-r", SENDER, HOST] + unknown + ["test"],
+                      big_message(size=100 * 1024), mm2_config(unknown_list="bounce"))
+    assert run.code == 0, run
+    [letter] = sent(capture)
+    msg = email.message_from_bytes(letter["letter"].encode(),
+                                   policy=email.policy.default)
+    text, status, returned = msg.get_payload()
+    finals = [block["Final-Recipient"] for block in status.get_payload()
+              if "Final-Recipient" in block]
+    assert finals == ["rfc822; %s@%s" % (u, HOST) for u in unknown]
+    for u in unknown:
+        assert "<%s@%s>" % (u, HOST) in text.get_content()
+
+
+# -- 12. argv hardening and the 8-bit header part ----------------------------------
+
+def test_an_option_looking_host_is_never_obeyed(run_handler, make_config, tmp_path,
+                                                mm2):
+    evil = tmp_path / "evil.cfg"
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil-wrapper"
+    script.write_text("#!/bin/sh\ntouch %s\ncat >/dev/null\n" % marker)
+    script.chmod(0o755)
+    evil.write_text("[mm-handler]\nbackend = mailman2\n[mailman2]\nwrapper = %s\n"
+                    "lists_dir = %s\n" % (script, mm2.lists_dir))
+    good = make_config({"mm-handler": {"backend": "mailman2"},
+                        "mailman2": {"wrapper": mm2.path, "lists_dir": mm2.lists_dir}})
+    run = run_handler(["-r", SENDER, "-C" + str(evil), "test"], sample_message(), good)
+    assert run.code == 75, run
+    assert "HOST" in run.stderr
+    assert not marker.exists()
+    assert mm2.queued() == []
+
+
+@pytest.mark.parametrize("args", [["-r", SENDER, "", "test"],
+                                  ["-r", SENDER, HOST, "test@"],
+                                  ["-r", SENDER, HOST, ""]])
+def test_an_empty_host_or_domain_is_a_setup_fault(run_handler, mm2_config, args):
+    run = run_handler(args, sample_message(), mm2_config())
+    assert run.code == 75, run
+    assert run.stderr.strip().endswith("kept for retry")
+
+
+def test_headers_only_original_with_8bit_bytes_declares_8bit(run_handler, mm2_config,
+                                                             capture):
+    config = mm2_config(unknown_list="bounce")
+    config.write_text(config.read_text().replace("[bounce]",
+                                                 "[bounce]\nmax_original = 100"))
+    message = sample_message(subject="Grüße", message_id="<g@example.org>",
+                             body=b"x" * 500 + b"\n")
+    run = run_handler(["-r", SENDER, HOST, "nope"], message, config)
+    assert run.code == 0, run
+    [letter] = sent(capture)
+    msg = email.message_from_bytes(letter["letter"].encode(),
+                                   policy=email.policy.compat32)
+    returned = msg.get_payload()[2]
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert returned["Content-Transfer-Encoding"] == "8bit"
+
+
+# -- 9. a UTF-8 envelope sender is neither dropped nor lost -----------------------
+
+def test_a_utf8_sender_reaches_mailman3_without_smtputf8(run_handler, mm3_config, mm3,
+                                                         syslog_sink):
+    sender = "jöran@exämple.org"
+    run = run_handler(["-r", sender, HOST, "test"], sample_message(), mm3_config())
+    assert run.code == 0, run
+    (msg, data), = mm3.read_queue("in")
+    kept = msg["X-Original-Envelope-From"]
+    assert kept is not None
+    raw = kept.encode("ascii", "surrogateescape") if isinstance(kept, str) else kept
+    assert sender.encode() in raw or sender in str(kept)
+    assert any("X-Original-Envelope-From" in m for m in syslog_sink.messages())
+
+
+def test_a_utf8_sender_reaches_mailman2_in_the_from_line(run_handler, mm2_config, mm2):
+    sender = "jöran@exämple.org"
+    message = ("From %s Sun Nov 22 02:44:03 2026\n" % sender).encode() \
+        + sample_message(from_line=b"")
+    run = run_handler(["-r", sender, HOST, "test"], message, mm2_config())
+    assert run.code == 0, run
+    [queued] = [data for _, data in mm2.queued()]
+    assert queued.startswith(("From %s " % sender).encode())
