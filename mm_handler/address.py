@@ -9,11 +9,15 @@ ACTIONS = ("post", "admin", "bounces", "confirm", "join", "leave", "owner",
            "request", "subscribe", "unsubscribe")
 SUFFIX_ACTIONS = frozenset(ACTIONS) - {"post"}
 
-MAX_NAME = 64          # a list name (RFC 5321 local-part size)
+MAX_NAME = 255         # a list name: one file name (NAME_MAX)
 MAX_LOCAL = 512        # a whole local part, VERP detail included
 MAX_DOMAIN = 253
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+# What the backends accept in a list name: Mailman 2 [-+_.=a-z0-9], Mailman 3
+# at most [-_.+=!$*{}~0-9a-z] (its listname_chars narrows it).  "+" is left
+# out: it always starts a +detail here, as in Sendmail's virtusertable (%3),
+# so a list whose name has a "+" cannot be reached through this mailer.
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-=!$*{}~")
 _DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-")
 # RFC 5322 atext plus "." and "=": what a VERP or confirm detail needs.
 _DETAIL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
