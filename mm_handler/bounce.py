@@ -18,6 +18,8 @@ from .status import EX_OK, EX_TEMPFAIL, STATUS_UNKNOWN_LIST, Outcome
 DEFAULT_TEMPLATE = os.path.join(os.path.dirname(__file__), "templates",
                                 "unknown-list.txt")
 MAX_HEADER_BLOCK = 256 * 1024
+FALLBACK_TEMPLATE = ("Your message to <$recipient> could not be delivered: "
+                     "$reason.\nPlease write to <$postmaster> for help.\n")
 HANDOFF_TIMEOUT = 120
 
 
@@ -87,8 +89,14 @@ def load_template(settings, log=None):
             if log is not None:
                 log.send(LOG_ERR, "bounce template %s unusable (%s); using the "
                          "default" % (path, exc))
-    with open(DEFAULT_TEMPLATE, "rb") as f:
-        return f.read().decode("utf-8")
+    try:
+        with open(DEFAULT_TEMPLATE, "rb") as f:
+            return f.read().decode("utf-8")
+    except (OSError, ValueError) as exc:    # a damaged install: say it plainly
+        if log is not None:
+            log.send(LOG_ERR, "default bounce template %s unusable (%s)"
+                     % (DEFAULT_TEMPLATE, exc))
+        return FALLBACK_TEMPLATE
 
 
 def render(settings, refusal, log=None):
