@@ -9,10 +9,11 @@ start-up (it imports ``re``); see bench/startup.py.
 
 import os
 
-from .address import ACTIONS
+from .address import ACTIONS, is_domain
 
 DEFAULT_PATH = "/etc/mm-handler.cfg"
 ENV_VAR = "MM_HANDLER_CONFIG"
+MAX_SIZE = 1 << 20          # a configuration file is refused beyond this
 
 
 class ConfigError(Exception):
@@ -90,6 +91,82 @@ def _endpoints(text):
     return endpoints
 
 
+def _domain(text):
+    domain = text.strip(".").lower()
+    if not is_domain(domain):
+        raise ValueError("%r is not a domain name" % text)
+    return domain
+
+
+def _domains(text):
+    """Domain names, lower-cased, each once, in the order given."""
+    out = []
+    for word in _words(text):
+        domain = _domain(word)
+        if domain not in out:
+            out.append(domain)
+    return out
+
+
+_MAILER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                          "0123456789_-")
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def _mailer(text):
+    if not text or not all(c in _MAILER_CHARS for c in text):
+        raise ValueError("%r is not a Sendmail mailer name (letters, digits, _ "
+                         "and -)" % text)
+    return text
+
+
+def _local_parts(text):
+    """Role names: plain local parts, lower-cased."""
+    out = []
+    for word in _words(text.lower()):
+        if not (word[0] not in ".-" and ".." not in word and len(word) <= 64
+                and all(c in _LOCAL_CHARS for c in word)):
+            raise ValueError("%r is not a local part (letters, digits, ., _ and -)"
+                             % word)
+        if word not in out:
+            out.append(word)
+    return out
+
+
+def _printable_word(text):
+    return all("!" <= c <= "~" for c in text)
+
+
+def _role_target(text):
+    """Empty (each role to the local alias of its own name) or one address."""
+    if text and not (_printable_word(text) and len(text) <= 254
+                     and text[0] != "#" and not text.lower().startswith("error:")):
+        raise ValueError("must be empty or one address or alias (printable ASCII, "
+                         "no spaces, no error: value)")
+    return text
+
+
+def _reject(text):
+    """Empty (no catch-all) or ``error:D.D.D:NNN text``, as Sendmail takes it."""
+    if not text:
+        return text
+    head, _, message = text.partition(" ")
+    parts = head.split(":")
+    status = parts[1].split(".") if len(parts) == 3 else []
+    good = (parts[0] == "error" and len(status) == 3
+            and all(p.isdigit() and p.isascii() and len(p) <= 3 for p in status)
+            and status[0] in ("4", "5")
+            and len(parts[2]) == 3 and parts[2].isdigit() and parts[2].isascii()
+            and parts[2][0] == status[0]
+            and message.strip() != ""
+            and all(" " <= c < "\x7f" for c in message))
+    if not good:
+        raise ValueError("must be empty or error:D.D.D:NNN text, e.g. "
+                         "'error:5.1.1:550 No such list address here' (the "
+                         "classes agree: 4.x.x with 4NN, 5.x.x with 5NN)")
+    return head + " " + message.strip()
+
+
 UNKNOWN_POLICIES = ("reject", "discard", "bounce")
 
 # section -> key -> (default text, parser)
@@ -133,13 +210,13 @@ SCHEMA = {
         "makemap": ("/usr/sbin/makemap", _absolute_path),
         "run_makemap": ("no", _boolean),
         "map_type": ("hash", _choice("hash", "btree", "cdb")),
-        "domains": ("", _words),
-        "pseudo_domain": ("mailman.invalid", str),
-        "mailer": ("mailman", str),
+        "domains": ("", _domains),
+        "pseudo_domain": ("mailman.invalid", _domain),
+        "mailer": ("mailman", _mailer),
         "roles": ("postmaster abuse hostmaster webmaster mailer-daemon root",
-                  _words),
-        "role_target": ("", str),
-        "reject": ("error:5.1.1:550 No such list address here", str),
+                  _local_parts),
+        "role_target": ("", _role_target),
+        "reject": ("error:5.1.1:550 No such list address here", _reject),
         "site_virtusertable": ("", _absolute_path),
         "site_mailertable": ("", _absolute_path),
     },
@@ -235,7 +312,7 @@ def load(path):
     """Read and validate the file at `path`; every problem is a ConfigError."""
     try:
         with open(path, "rb") as f:
-            data = f.read(1 << 20)
+            data = f.read(MAX_SIZE + 1)     # one byte more: too big, not cut
     except FileNotFoundError:
         raise ConfigError("%s: configuration file not found" % path) from None
     except PermissionError:
@@ -244,6 +321,9 @@ def load(path):
     except OSError as exc:
         raise ConfigError("%s: cannot read configuration file: %s"
                           % (path, exc.strerror)) from None
+    if len(data) > MAX_SIZE:
+        raise ConfigError("%s: configuration file larger than 1 MiB (%d bytes): "
+                          "refused" % (path, MAX_SIZE))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

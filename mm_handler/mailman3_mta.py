@@ -15,6 +15,15 @@ managers, atomically and under the maps lock, the way Mailman's Postfix
 module keeps Postfix's maps current.  An error is raised to Mailman (a
 failed ``mailman create`` is rolled back), and logged to mailman.error.
 
+The lists are read under the maps lock.  create() and delete() run inside
+Mailman's transaction, before it commits: they add (remove) their list on
+top of what they read, and once the transaction has ended, committed or
+rolled back, they write the maps once more from the committed lists.  So
+an overlapping ``mailman aliases`` cannot drop a new list or keep a removed
+one, and a list whose creation was rolled back is not left in the maps.
+Orphan ``var/lists/<id>`` directories (a failed ``mailman create``) are
+never read: Mailman's list manager is the only source.
+
 ``configuration`` names mm-handler's configuration file; when it is not an
 absolute path (Mailman's default names the Postfix one), $MM_HANDLER_CONFIG
 or /etc/mm-handler.cfg is read.  The plug-in runs as Mailman's user: that
@@ -46,16 +55,28 @@ def configuration_path():
     return mm_config.config_path(None)
 
 
-def mailman_lists(extra=None):
-    """[(list name, mail host)] of every list Mailman knows (plus `extra`)."""
-    lists = list(getUtility(IListManager).name_components)
-    if extra is not None:
-        lists.append((extra.list_name, extra.mail_host))
-    return lists
+def mailman_lists():
+    """[(list name, mail host)] of every list Mailman knows, in this
+    transaction (a list created or removed in it, not yet committed, too)."""
+    return list(getUtility(IListManager).name_components)
 
 
 def mailman_domains():
     return [domain.mail_host for domain in getUtility(IDomainManager)]
+
+
+def committed_lists_and_domains():
+    """The lists and domains as committed, read in a session of our own
+    (the caller's transaction has just ended)."""
+    from mailman.model.domain import Domain
+    from mailman.model.mailinglist import MailingList
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+    with Session(config.db.engine) as session:
+        lists = session.execute(select(MailingList.list_name,
+                                       MailingList.mail_host)).all()
+        domains = session.execute(select(Domain.mail_host)).scalars().all()
+    return [tuple(row) for row in lists], list(domains)
 
 
 @implementer(IMailTransportAgentLifecycle)
@@ -72,24 +93,48 @@ class Sendmail:
 
     def create(self, mlist):
         """See `IMailTransportAgentLifecycle`: the new list is included."""
-        self._write(extra=mlist)
+        self._write(change=(mlist.list_name, mlist.mail_host, True))
+        _when_transaction_ends(self)
 
     def delete(self, mlist):
-        """See `IMailTransportAgentLifecycle`: the list is gone already."""
-        self._write(without=(mlist.list_name, mlist.mail_host))
+        """See `IMailTransportAgentLifecycle`: the list is left out."""
+        self._write(change=(mlist.list_name, mlist.mail_host, False))
+        _when_transaction_ends(self)
 
     def regenerate(self, directory=None):
         """See `IMailTransportAgentLifecycle`; `directory` overrides
         [maps] output_dir (``mailman aliases --directory DIR``)."""
         self._write(output_dir=directory)
 
-    def _write(self, extra=None, without=None, output_dir=None):
-        lists = mailman_lists(extra)
-        if without is not None:
-            lists = [item for item in lists if tuple(item) != without]
+    def _write(self, change=None, output_dir=None, committed=False):
+        """Write the maps; the lists are read under the maps lock.
+
+        `change` (name, host, present) is applied on top of what is read:
+        Mailman calls create() and delete() before its transaction commits,
+        and the list set read here may not show the change yet.
+        """
+        read = {}
+
+        def lists():                # called under the maps lock
+            if committed:
+                found, read["domains"] = committed_lists_and_domains()
+            else:
+                found = mailman_lists()
+            found = {(name.lower(), host.lower()) for name, host in found}
+            if change is not None:
+                item = (change[0].lower(), change[1].lower())
+                if change[2]:
+                    found.add(item)
+                else:
+                    found.discard(item)
+            return sorted(found)
+
+        def domains():              # called under the lock, after lists()
+            return read["domains"] if committed else mailman_domains()
+
         try:
             report = maps.write_maps(self.settings, lists, output_dir,
-                                     default_domains=mailman_domains())
+                                     default_domains=domains)
         except maps.MapsError as exc:
             log.error("mm-handler plug-in: %s", exc)
             raise RuntimeError("mm-handler maps: %s" % exc) from None
@@ -98,3 +143,47 @@ class Sendmail:
                       "domains: its mail is not routed by the maps", address)
         logging.getLogger("mailman.config").info("mm-handler plug-in: %s", report)
         return report
+
+    def after_transaction(self):
+        """The transaction of a create() or delete() has ended: committed
+        or rolled back, write the maps again from what is committed."""
+        try:
+            self._write(committed=True)
+        except Exception as exc:    # noqa: BLE001 - the transaction is over
+            log.error("mm-handler plug-in: after the transaction: %s", exc)
+
+
+# -- after the transaction ---------------------------------------------------------
+#
+# create() and delete() write maps that include (leave out) their list
+# before Mailman commits.  A regeneration that takes the maps lock between
+# that write and the commit reads the old list set and would drop the new
+# list (keep the removed one); a transaction rolled back after create()
+# would leave a list in the maps that Mailman does not have.  So, once the
+# transaction ends either way, the maps are written once more from the
+# committed lists.  One listener per database session, registered once,
+# runs whatever plug-in asked for it in that transaction.
+
+PENDING = "mm_handler_after_transaction"
+
+
+def _when_transaction_ends(plugin):
+    try:
+        from sqlalchemy import event
+        session = config.db.store
+        info = session.info
+    except Exception as exc:    # noqa: BLE001 - not SQLAlchemy: nothing to hook
+        log.error("mm-handler plug-in: cannot follow the transaction: %s", exc)
+        return
+    if not info.get(PENDING + "_listening"):
+        event.listen(session, "after_transaction_end", _transaction_ended)
+        info[PENDING + "_listening"] = True
+    info[PENDING] = plugin
+
+
+def _transaction_ended(session, transaction):
+    if transaction.parent is not None or transaction.nested:
+        return                      # a savepoint or a subtransaction
+    plugin = session.info.pop(PENDING, None)
+    if plugin is not None:
+        plugin.after_transaction()

@@ -6,6 +6,12 @@ first is an unknown list, the second a local fault (the mail stays queued).
 """
 
 import os
+import stat
+
+from .address import is_list_name
+
+# Mailman 2's own test (Utils.list_exists): any of these in lists/NAME/
+MAILMAN2_CONFIGS = ("config.pck", "config.pck.last", "config.db", "config.db.last")
 
 
 class RegistryError(Exception):
@@ -33,30 +39,62 @@ class _ListsDir:
     def _check(self):
         if self._checked:
             return
-        if not os.path.isdir(self.lists_dir):
+        try:
+            is_dir = stat.S_ISDIR(os.stat(self.lists_dir).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            is_dir = False
+        except OSError as exc:
+            raise RegistryError("cannot examine lists directory %s: %s"
+                                % (self.lists_dir, exc.strerror)) from None
+        if not is_dir:
             raise RegistryError("lists directory %s does not exist" % self.lists_dir)
         if not os.access(self.lists_dir, os.X_OK):
             raise RegistryError("lists directory %s is not searchable by uid %d"
                                 % (self.lists_dir, os.geteuid()))
         self._checked = True
 
+    def entries(self):
+        """Every name in the lists directory (RegistryError when unreadable)."""
+        self._check()
+        try:
+            return sorted(os.listdir(self.lists_dir))
+        except OSError as exc:
+            raise RegistryError("cannot list %s: %s"
+                                % (self.lists_dir, exc.strerror)) from None
+
 
 class Mailman2Lists(_ListsDir):
-    """A Mailman 2 list exists when LISTS_DIR/<name>/config.pck (or .db) does."""
+    """A Mailman 2 list exists when LISTS_DIR/<name>/ holds config.pck,
+    config.pck.last, config.db or config.db.last (as Mailman 2 decides)."""
 
     def _has_config(self, name):
         base = os.path.join(self.lists_dir, name)
-        return (_exists(os.path.join(base, "config.pck"))
-                or _exists(os.path.join(base, "config.db")))
+        return any(_exists(os.path.join(base, config)) for config in MAILMAN2_CONFIGS)
 
     def exists(self, target):
         self._check()
         return self._has_config(target.name)
 
     def names(self):
-        self._check()
-        return sorted(name for name in os.listdir(self.lists_dir)
-                      if self._has_config(name))
+        """Every list (a safe name with a config file), sorted.
+
+        RegistryError whenever an entry cannot be examined: no answer is
+        better than a wrong one.  Entries that are no safe list name are
+        never looked into (see survey()).
+        """
+        return self.survey()[0]
+
+    def survey(self):
+        """(list names, [(entry, why skipped)]) of the lists directory."""
+        names, skipped = [], []
+        for entry in self.entries():
+            if not is_list_name(entry):
+                skipped.append((entry, "not a list name mm-handler can route"))
+            elif self._has_config(entry):
+                names.append(entry)
+            else:
+                skipped.append((entry, "not a list"))
+        return names, skipped
 
 
 class Mailman3Lists(_ListsDir):
@@ -78,8 +116,12 @@ class Mailman3Lists(_ListsDir):
         return _exists(os.path.join(self.lists_dir, entry))
 
     def names(self):
-        self._check()
-        return sorted(os.listdir(self.lists_dir))
+        """The list ids (``<name>.<domain>`` directories), sorted.
+
+        A directory left behind by a failed ``mailman create`` is among
+        them: only Mailman's list manager knows better.
+        """
+        return [entry for entry in self.entries() if not entry.startswith(".")]
 
 
 class NoLists:

@@ -257,3 +257,87 @@ def test_load_names_the_file_in_value_errors(tmp_path):
 def test_config_path_precedence(option, environ, expected):
     assert config_path(option, environ) == expected
     assert DEFAULT_PATH == "/etc/mm-handler.cfg"
+
+
+# --- the size limit -------------------------------------------------------------
+
+def test_a_file_of_exactly_one_mib_is_read_whole(tmp_path):
+    path = tmp_path / "big.cfg"
+    head = "[mm-handler]\nbackend = mailman2\n"
+    filler = "#" * 99 + "\n"
+    tail = "[maps]\ndomains = lists.example.test\n"
+    body = head + filler * ((1048576 - len(head) - len(tail)) // 100)
+    body += "#" * (1048576 - len(body) - len(tail) - 1) + "\n" + tail
+    path.write_text(body)
+    assert path.stat().st_size == 1048576
+    assert load(str(path)).get("maps", "domains") == ["lists.example.test"]
+
+
+def test_a_file_over_one_mib_is_refused_not_cut(tmp_path):
+    # before: the first MiB was parsed and the rest (here [maps]) silently dropped
+    path = tmp_path / "huge.cfg"
+    path.write_text("[mm-handler]\nbackend = mailman2\n" + "#" * 99 + "\n" + ("#" * 99 + "\n") * 10486
+                    + "[maps]\ndomains = lists.example.test\n")
+    assert path.stat().st_size > 1048576
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert str(info.value) == ("%s: configuration file larger than 1 MiB "
+                               "(1048576 bytes): refused" % path)
+
+
+# --- [maps]: every value checked when the file is read ---------------------------
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("pseudo_domain", "not a domain", "not a domain name"),
+    ("pseudo_domain", "", "not a domain name"),
+    ("mailer", "mail man", "not a Sendmail mailer name"),
+    ("mailer", "", "not a Sendmail mailer name"),
+    ("domains", "lists.example.test bad_domain!", "'bad_domain!' is not a domain name"),
+    ("domains", "lists..example.test", "not a domain name"),
+    ("roles", "postmaster post/master", "'post/master' is not a local part"),
+    ("roles", "-root", "not a local part"),
+    ("role_target", "a\x01b", "one address or alias"),
+    ("role_target", "two words", "one address or alias"),
+    ("role_target", "error:5.1.1:550 no", "one address or alias"),
+    ("reject", "550 no", "must be empty or error:D.D.D:NNN text"),
+    ("reject", "error:5.1.1 No such list", "must be empty or error:D.D.D:NNN text"),
+    ("reject", "error:5.1.1:550", "must be empty or error:D.D.D:NNN text"),
+    ("reject", "error:5.1.1:250 fine", "must be empty or error:D.D.D:NNN text"),
+    ("reject", "error:4.1.1:550 mixed", "must be empty or error:D.D.D:NNN text"),
+    ("reject", "error:5.1.1:550 caf\xe9", "must be empty or error:D.D.D:NNN text"),
+])
+def test_bad_maps_values_are_config_errors(key, value, problem):
+    text = "[maps]\n%s = %s\n" % (key, value)
+    if "\x01" in value:
+        raw = {"maps": {key: value}}
+        with pytest.raises(ConfigError) as info:
+            validate(raw, "/etc/test.cfg")
+        message = str(info.value)
+    else:
+        message = error_of(text)
+    assert ("[maps] %s = " % key) in message and problem in message, message
+
+
+def test_good_maps_values_are_normalised():
+    s = settings_of("[maps]\ndomains = Lists.Example.test, other.test lists.example.test\n"
+                    "pseudo_domain = .MM.Invalid.\nmailer = mm_handler-2\n"
+                    "roles = PostMaster abuse mailer-daemon\nrole_target = ops@example.org\n"
+                    "reject = error:4.3.0:451 Try later\n")
+    assert s.get("maps", "domains") == ["lists.example.test", "other.test"]
+    assert s.get("maps", "pseudo_domain") == "mm.invalid"
+    assert s.get("maps", "mailer") == "mm_handler-2"
+    assert s.get("maps", "roles") == ["postmaster", "abuse", "mailer-daemon"]
+    assert s.get("maps", "role_target") == "ops@example.org"
+    assert s.get("maps", "reject") == "error:4.3.0:451 Try later"
+    s = settings_of("[maps]\nreject =\nrole_target =\n")
+    assert s.get("maps", "reject") == "" and s.get("maps", "role_target") == ""
+    assert s.get("maps", "reject") == ""
+    assert settings_of("").get("maps", "reject") == "error:5.1.1:550 No such list address here"
+
+
+def test_check_reports_a_bad_maps_value(run_handler, make_config):
+    cfg = make_config({"maps": {"reject": "550 no"}})
+    run = run_handler(["--check"], config=cfg)
+    assert run.code == 78, run
+    assert run.stdout.startswith("FAIL %s: [maps] reject = '550 no': must be empty "
+                                 "or error:D.D.D:NNN text" % cfg), run

@@ -8,6 +8,7 @@ namespace like every other program of the Sendmail package.
 
 import fcntl
 import os
+import shutil
 import subprocess
 import time
 
@@ -16,6 +17,7 @@ import pytest
 from mm_handler import config, maps
 from mm_handler.address import ACTIONS
 from tests.peers.sendmail import KIT, MAKEMAP, Namespace
+from tests.peers.syslog import SyslogSink
 
 DOMAIN = "lists.example.test"
 
@@ -108,25 +110,58 @@ def test_names_that_are_no_safe_list_names_are_skipped(tmp_path):
                if not line.startswith("#"))
 
 
-def test_mailman3_list_ids_are_split_against_the_domains():
+def test_mailman3_list_ids_are_split_against_the_longest_domain():
     found, unmatched = maps.split_list_ids(
         ["test.lists.example.test", "a.b.other.test", "orphan.nowhere.test",
-         ".lists.example.test"],
-        ["lists.example.test", "example.test", "other.test"])
-    # ambiguous ids give every split (the LMTP server has the last word)
+         ".lists.example.test", "x.example.test"],
+        ["example.test", "lists.example.test", "other.test"])
+    # one list per directory: test@lists.example.test, never also test.lists@example.test
     assert sorted(found) == [("a.b", "other.test"), ("test", "lists.example.test"),
-                             ("test.lists", "example.test")]
+                             ("x", "example.test")]
     assert unmatched == ["orphan.nowhere.test", ".lists.example.test"]
 
 
 def test_mailman3_var_dir(tmp_path):
     (tmp_path / "lists" / ("test." + DOMAIN)).mkdir(parents=True)
+    (tmp_path / "lists" / ("foo." + DOMAIN)).mkdir(parents=True)
     (tmp_path / "lists" / "stray.elsewhere.test").mkdir()
-    s = settings(**{"mailman3": {"var_dir": tmp_path}, "maps": {"domains": DOMAIN}})
+    s = settings(**{"mailman3": {"var_dir": tmp_path},
+                    "maps": {"domains": DOMAIN + " example.test"}})
     lists, warnings = maps.lists_from_settings(s)
-    assert lists == [("test", DOMAIN)]
+    # foo.lists.example.test is foo@lists.example.test only: no foo.lists@example.test
+    assert lists == [("foo", DOMAIN), ("test", DOMAIN)]
     assert warnings == ["skipped list 'stray.elsewhere.test' in %s: in none of the "
                         "[maps] domains" % (tmp_path / "lists")]
+
+
+@pytest.mark.parametrize("config_name", ["config.pck", "config.pck.last", "config.db",
+                                         "config.db.last"])
+def test_a_mailman2_list_is_what_mailman2_says_is_one(tmp_path, config_name):
+    lists_dir = make_mm2_lists(tmp_path, bad=["real", "empty"])
+    (lists_dir / "real" / config_name).write_bytes(b"")
+    s = mm2_settings(lists_dir)
+    lists, warnings = maps.lists_from_settings(s)
+    assert lists == [("real", DOMAIN)]
+    assert warnings == ["skipped 'empty' in %s: not a list" % lists_dir]
+    from mm_handler import registry
+    assert registry.Mailman2Lists(str(lists_dir)).names() == ["real"]
+
+
+def test_a_site_virtusertable_that_is_not_utf8_is_named(tmp_path, capsys):
+    site = tmp_path / "site-vt"
+    site.write_bytes(b"info@%s\tj\xf6rg@example.org\n" % DOMAIN.encode())
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = tmp_path / "mm.cfg"
+    cfg.write_text("[mm-handler]\nbackend = mailman2\nsyslog_socket = %s\n"
+                   "[mailman2]\nlists_dir = %s\n[maps]\ndomains = %s\noutput_dir = %s\n"
+                   "site_virtusertable = %s\n" % (tmp_path / "nolog", make_mm2_lists(
+                       tmp_path, "test"), DOMAIN, out, site))
+    assert maps.main(["-C", str(cfg)]) == 78
+    err = capsys.readouterr().err
+    assert err == ("mm-handler maps: %s is not UTF-8 text (byte 0xf6 at offset %d)\n"
+                   % (site, len("info@%s\tj" % DOMAIN)))
+    assert sorted(p.name for p in out.iterdir()) == []
 
 
 def test_site_lines_come_first_and_win_roles_and_targets(tmp_path):
@@ -162,21 +197,6 @@ def test_generated_mailertable_is_the_kit_example(tmp_path):
     assert sorted(generated) == sorted(kit)
 
 
-@pytest.mark.parametrize("maps_keys,text", [
-    ({"pseudo_domain": "not a domain"}, "pseudo_domain"),
-    ({"reject": "550 no"}, "must be a Sendmail error: value"),
-    ({"mailer": "mail man"}, "not a Sendmail mailer name"),
-    ({"roles": "post/master"}, "not a local part"),
-    ({"role_target": "a\x01b"}, "printable ASCII"),
-    ({"domains": "bad_domain!"}, "not a domain name"),
-])
-def test_bad_maps_settings_are_named(tmp_path, maps_keys, text):
-    s = mm2_settings(make_mm2_lists(tmp_path, "test"), **maps_keys)
-    with pytest.raises(maps.MapsError) as info:
-        maps.Tables(s, maps.lists_from_settings(s)[0])
-    assert text in str(info.value) and info.value.code == 78
-
-
 # -- the command -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -198,11 +218,12 @@ def site(public_tmp, request):
     lists_dir = make_mm2_lists(root, "test", "news")
     cfg = root / "mm-handler.cfg"
 
-    def write(**maps_keys):
+    def write(syslog_socket="/dev/log", **maps_keys):
         keys = {"output_dir": out, "domains": DOMAIN, "makemap": MAKEMAP}
         keys.update(maps_keys)
-        cfg.write_text("[mm-handler]\nbackend = mailman2\n[mailman2]\nlists_dir = %s\n"
-                       "[maps]\n%s\n" % (lists_dir, "\n".join(
+        cfg.write_text("[mm-handler]\nbackend = mailman2\nsyslog_socket = %s\n"
+                       "[mailman2]\nlists_dir = %s\n"
+                       "[maps]\n%s\n" % (syslog_socket, lists_dir, "\n".join(
                            "%s = %s" % kv for kv in keys.items())))
         cfg.chmod(0o644)
     write()
@@ -346,3 +367,62 @@ def test_readers_never_see_a_partial_file(tmp_path):
     held.close()
     assert (out / "virtusertable").stat().st_ino != inode
     assert b"zz@" in (out / "virtusertable").read_bytes()
+
+
+def test_lists_are_read_under_the_lock(ns, handler, site):
+    """A list created while the command waits for the lock is in its maps
+    (the list set is read once the lock is held, not before)."""
+    lock = site.out / maps.LOCK_NAME
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        proc = subprocess.Popen(ns.prefix + [str(handler), "maps", "-C", str(site.config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={})
+        inode = ":%d " % os.stat(lock).st_ino
+        deadline = time.monotonic() + 20
+        while not any("->" in line and inode in line for line in open("/proc/locks")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "never waited for the lock"
+            time.sleep(0.02)
+        (site.lists_dir / "late").mkdir()
+        (site.lists_dir / "late" / "config.pck").write_bytes(b"")
+        shutil.rmtree(site.lists_dir / "news")
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    vt = (site.out / "virtusertable").read_text()
+    assert "late@" + DOMAIN in vt and "news@" + DOMAIN not in vt
+
+
+def test_a_list_it_cannot_examine_keeps_the_old_maps(ns, handler, site):
+    """Doubt is no answer: a list directory the writer cannot look into
+    stops the run (before: the list was silently left out of the maps)."""
+    os.chown(site.out, 38, 38)
+    syslog_sink = SyslogSink(site.root / "log.sock")
+    site.write(syslog_socket=syslog_sink.path)
+    assert run_maps(ns, handler, "-C", site.config, user="list")[0] == 0
+    before = {p.name: p.read_bytes() for p in site.out.iterdir()}
+    secret = site.lists_dir / "secret"
+    secret.mkdir()
+    (secret / "config.pck").write_bytes(b"")
+    secret.chmod(0o700)                    # root's, the list user cannot look in
+    syslog_sink.clear()
+    code, out, err = run_maps(ns, handler, "-C", site.config, user="list")
+    assert (code, out) == (69, ""), err
+    assert err == ("mm-handler maps: cannot examine %s/config.pck: Permission denied; "
+                   "the maps are left as they were\n" % secret)
+    assert {p.name: p.read_bytes() for p in site.out.iterdir()} == before
+    assert any("cannot examine %s/config.pck" % secret in m
+               for m in syslog_sink.messages()), syslog_sink.messages()
+    # and a lists directory it cannot read at all
+    secret.chmod(0o755)
+    site.lists_dir.chmod(0o711)
+    try:
+        code, out, err = run_maps(ns, handler, "-C", site.config, user="list")
+    finally:
+        site.lists_dir.chmod(0o755)
+    assert code == 69 and "cannot list %s: Permission denied" % site.lists_dir in err
+    assert {p.name: p.read_bytes() for p in site.out.iterdir()} == before
+    syslog_sink.close()
