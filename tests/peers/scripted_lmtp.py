@@ -22,9 +22,18 @@ actions:
     SILENCE   say nothing, keep the connection open (the client times out)
     CLOSE     close the connection cleanly (FIN)
     RESET     abort the connection (RST)
+    NOTHING   say nothing and carry on (``dot``: Mailman 3's one reply for
+              the whole transaction is ``["501 ...", NOTHING]``)
+    Raw(b"...", then=CLOSE)     these exact bytes in one write, then maybe
+                                an action (``"354 go\r\n250 early\r\n"``)
+    Trickle("220 ...", 0.8)     the reply one byte at a time, 0.8 s apart
+    Delay(0.7, "250 ok")        the reply after 0.7 s
 
 ``reset_after_data_bytes: N`` aborts the connection (RST) once N bytes of
 the DATA payload have arrived: a reset in the middle of DATA.
+``during_data: (N, what)`` does `what` (a reply or an action) once N bytes
+of the DATA payload have arrived, then keeps reading: a reply when none is
+due.
 """
 
 import socket
@@ -35,6 +44,41 @@ import time
 SILENCE = "<silence>"
 CLOSE = "<close>"
 RESET = "<reset>"
+NOTHING = "<nothing>"
+ACTIONS = (SILENCE, CLOSE, RESET, NOTHING)
+
+
+class Raw:
+    """Send `data` (bytes, line ends included) in one write, then `then`."""
+
+    def __init__(self, data, then=None):
+        self.data = data
+        self.then = then
+
+    def __str__(self):
+        return self.data.decode("utf-8", "replace")
+
+
+class Trickle:
+    """Send the reply one byte at a time, `interval` seconds apart."""
+
+    def __init__(self, reply, interval):
+        self.reply = reply
+        self.interval = interval
+
+    def __str__(self):
+        return self.reply
+
+
+class Delay:
+    """Send the reply after `seconds`."""
+
+    def __init__(self, seconds, reply):
+        self.seconds = seconds
+        self.reply = reply
+
+    def __str__(self):
+        return str(self.reply)
 
 DEFAULT_SCRIPT = {
     "greeting": "220 scripted.test GNU Mailman LMTP runner 2.0 (scripted)",
@@ -56,6 +100,7 @@ class Session:
         self.data_complete = False  # the final dot arrived
         self.rcpts = []             # RCPT TO addresses that were accepted
         self.dot_replies = []       # what we answered after the final dot
+        self.said_during_data = False   # `during_data` was acted on
         self.closed_by = None       # "client", "server", "reset", "stop"
 
     @property
@@ -168,20 +213,19 @@ class ScriptedLMTP:
                         "utf-8", "replace")
                     reply = self._pick("rcpt", rcpt_count, addr)
                     rcpt_count += 1
-                    if isinstance(reply, str) and reply[:1] == "2":
+                    if str(reply)[:1] == "2":
                         session.rcpts.append(addr)
                     self._act(conn, session, reply)
                 elif verb == b"DATA":
                     reply = self.script["data"]
                     self._act(conn, session, reply)
-                    if not reply.startswith("354"):
+                    if not str(reply).startswith("354"):
                         continue
                     self._read_data(conn, session, reader)
                     for n in range(len(session.rcpts)):
                         reply = self._pick("dot", n)
-                        if isinstance(reply, str) and reply not in (
-                                SILENCE, CLOSE, RESET):
-                            session.dot_replies.append(reply)
+                        if str(reply) not in ACTIONS:
+                            session.dot_replies.append(str(reply))
                         self._act(conn, session, reply)
                 elif verb == b"QUIT":
                     self._send(conn, "221 2.0.0 Bye")
@@ -212,6 +256,7 @@ class ScriptedLMTP:
 
     def _read_data(self, conn, session, reader):
         limit = self.script.get("reset_after_data_bytes")
+        during = self.script.get("during_data")
         while True:
             line = reader.raw_line()
             if line is None:
@@ -223,8 +268,33 @@ class ScriptedLMTP:
             session.raw_data += line
             if limit is not None and len(session.raw_data) >= limit:
                 self._reset(conn, session)
+            if during is not None and len(session.raw_data) >= during[0]:
+                what, during = during[1], None
+                session.said_during_data = True
+                self._act(conn, session, what)
 
     def _act(self, conn, session, what):
+        if isinstance(what, Raw):
+            conn.sendall(what.data)
+            if what.then is not None:
+                self._act(conn, session, what.then)
+            return
+        if isinstance(what, Delay):
+            if self._stop.wait(what.seconds):
+                raise _Abort()
+            return self._act(conn, session, what.reply)
+        if isinstance(what, Trickle):
+            for byte in what.reply.replace("\n", "\r\n").encode("utf-8") + b"\r\n":
+                if self._stop.wait(what.interval):
+                    raise _Abort()
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:     # the client gave up
+                    session.closed_by = session.closed_by or "client"
+                    raise _Abort()
+            return
+        if what == NOTHING:
+            return
         if what == SILENCE:
             # say nothing; hold the connection until the client gives up
             while not self._stop.is_set():
