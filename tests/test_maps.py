@@ -144,7 +144,12 @@ def test_a_mailman2_list_is_what_mailman2_says_is_one(tmp_path, config_name):
     assert lists == [("real", DOMAIN)]
     assert warnings == ["skipped 'empty' in %s: not a list" % lists_dir]
     from mm_handler import registry
-    assert registry.Mailman2Lists(str(lists_dir)).names() == ["real"]
+    from mm_handler.address import Target
+    on_disk = registry.Mailman2Lists(str(lists_dir))
+    assert on_disk.names() == ["real"]
+    # the delivery path asks the same question
+    assert on_disk.exists(Target("real", "post", "", DOMAIN))
+    assert not on_disk.exists(Target("empty", "post", "", DOMAIN))
 
 
 def test_a_site_virtusertable_that_is_not_utf8_is_named(tmp_path, capsys):

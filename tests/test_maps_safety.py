@@ -160,6 +160,7 @@ def test_links_at_predictable_temporary_names_are_never_followed(ns, handler, si
     for name in planted:
         os.symlink(site.victim, site.out / name)
     os.symlink(site.absent, site.out / "mailertable.tmp")
+    os.mkfifo(site.out / "virtuser-domains.new.db")     # would hang an open()
     outside = site.outside()
     code, out, err = run_maps(ns, handler, site)
     assert (code, err) == (0, ""), out
@@ -167,9 +168,11 @@ def test_links_at_predictable_temporary_names_are_never_followed(ns, handler, si
     inside = site.inside()
     for name in planted:
         assert inside[name] == ("link", str(site.victim))
+    assert inside["virtuser-domains.new.db"] == ("other", stat.S_IFIFO)
     assert inside["virtusertable"][0] == inside["virtusertable.db"][0] == "file"
     # no temporary file or directory left behind
-    assert sorted(inside) == sorted(set(planted) | {"mailertable.tmp", LOCK} | set(FINAL))
+    assert sorted(inside) == sorted(set(planted) | set(FINAL) | {
+        "mailertable.tmp", "virtuser-domains.new.db", LOCK})
 
 
 def test_an_unsafe_directory_is_refused(ns, handler, site):
