@@ -257,7 +257,8 @@ def build_report(settings, refusals, text, original_head, original_chunks,
     if eight_bit if whole else not returned.isascii():
         out.append("Content-Transfer-Encoding: 8bit")
     out.append("")
-    yield "\n".join(out).encode("ascii") + b"\n"
+    # ASCII but for a UTF-8 (SMTPUTF8) sender in To: (RFC 6532)
+    yield "\n".join(out).encode("utf-8") + b"\n"
     if whole:
         last = b"\n"
         for data in original_chunks:
@@ -328,5 +329,7 @@ def send_letter(settings, log, refusals, message):
         settings, refusals, text, head, message.chunks(), size, eight_bit))
     if sent.code != EX_OK:
         return sent
-    return Outcome(EX_OK, "refused (%s), one bounce for %d address%s sent to <%s>"
-                   % (reasons, len(refusals), "es" * (len(refusals) > 1), sender))
+    if len(refusals) == 1:
+        return Outcome(EX_OK, "refused (%s), bounce sent to <%s>" % (reasons, sender))
+    return Outcome(EX_OK, "refused (%s), one bounce for %d addresses sent to <%s>"
+                   % (reasons, len(refusals), sender))

@@ -341,10 +341,11 @@ class Delivery:
                                     header, self.message.chunks(),
                                     lmtp.lhlo_name())
         for r, tries, outcome in zip(deliverable, rcpts, outcomes):
+            # the reading the server answered for; where two readings share
+            # an address (test-owner), the suffix reading, the usual case
             for t in r.candidates:
                 if self._lmtp_address(t) == outcome.rcpt:
-                    r.target = t        # the reading the server answered for
-                    break
+                    r.target = t
             if outcome.code == EX_NOUSER and outcome.stage == STAGE_RCPT:
                 # the server has the last word on which lists exist
                 self._refuse(r, "unknown_list", outcome.reply)

@@ -458,9 +458,9 @@ def test_check_reaches_the_runner(run_handler, mm3, mm3_config):
     assert result.code == 0, result
     assert re.search(r"^LMTP %s: reachable: 220 .*GNU Mailman LMTP runner"
                      % re.escape(mm3.endpoint), result.stdout, re.M), result
-    assert re.search(r"^lists in .*: 4: my-list\.%s news-bounces\.%s news\.%s "
-                     r"test\.%s$" % ((re.escape(DOMAIN),) * 4),
-                     result.stdout, re.M), result
+    assert re.search(r"^lists in .*: 7: foo\.%s my-list\.%s news-admin\.%s "
+                     r"news-bounces\.%s news\.%s owner-foo\.%s test\.%s$"
+                     % ((re.escape(DOMAIN),) * 7), result.stdout, re.M), result
     assert "result: OK" in result.stdout
 
 
