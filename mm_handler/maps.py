@@ -313,7 +313,8 @@ def _site_lines(path):
 # - no name in it is ever opened for writing: each run makes a private
 #   directory of its own (mode 0700, random name) inside it, creates fresh
 #   files there (O_CREAT|O_EXCL|O_NOFOLLOW), runs makemap in it (its cwd,
-#   through /proc/self/fd: it never sees a path it could be raced on), and
+#   set with fchdir on the open descriptor: it never sees a path it could be
+#   raced on), and
 #   renames the results over the final names (a rename replaces a link or
 #   whatever else is there; it never writes through it);
 # - links, FIFOs and other non-regular files at the final names or the lock
@@ -530,11 +531,8 @@ class Workspace:
     def makemap(self, makemap, map_type, source, suffix, final):
         """Build SOURCE + suffix with makemap, run inside this directory."""
         import subprocess
+        from functools import partial
         output = source + suffix
-        cwd = "/proc/self/fd/%d" % self.fd
-        if not os.path.isdir(cwd):
-            raise MapsError("cannot run %s safely: /proc is not mounted" % makemap,
-                            EX_UNAVAILABLE)
         if _lexists(output, self.fd):
             raise Unsafe("%s appeared in a private directory" % output)
         stdin = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -542,7 +540,11 @@ class Workspace:
         try:
             proc = subprocess.run([makemap, map_type, source], stdin=stdin,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  timeout=300, cwd=cwd, pass_fds=(self.fd,),
+                                  timeout=300, pass_fds=(self.fd,),
+                                  # its cwd is this directory, reached by the
+                                  # open descriptor (no path to race; no /proc
+                                  # needed, so the same on every platform)
+                                  preexec_fn=partial(os.fchdir, self.fd),
                                   env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         except OSError as exc:
             raise MapsError("cannot run %s: %s" % (makemap, exc.strerror),
