@@ -129,6 +129,7 @@ class Recipient:
 
     def __init__(self, text, host):
         self.text = text
+        self.host = host
         local, domain = address.split_recipient(text, host)
         self.address = display(local) + "@" + display(domain)
         self.readings = address.readings(text, host)
@@ -136,6 +137,12 @@ class Recipient:
         self.target = None      # the reading delivered to, or refused
         self.outcome = None
         self.refusal = None     # waiting for the one bounce letter
+
+    def envelope_address(self):
+        """The recipient as Sendmail had it: local part with its case and
+        +detail, @ the (lower-case) domain."""
+        local, domain = address.split_recipient(self.text, self.host)
+        return local + "@" + domain
 
     def guessed_name(self):
         """The list name to show when none was found (the suffix reading)."""
@@ -233,7 +240,7 @@ class Delivery:
         """How many times the message will be read: more than once needs it
         spooled first."""
         letters = any(r.refusal is not None for r in recipients)
-        if self.backend == "mailman2":
+        if self.backend == "mailman2" or self._delivered_to:
             return len(deliverable) + letters
         # over LMTP a recipient refused at RCPT beside an accepted one needs
         # a letter after DATA has read the message
@@ -335,11 +342,17 @@ class Delivery:
                     ", ".join(map(lmtp.describe_endpoint, endpoints))))
             outcomes = lmtp.deliver(endpoints, timeout, self.sender, rcpts,
                                     None, None, lmtp.lhlo_name())
+        elif self._delivered_to:
+            # Delivered-To names one recipient: one transaction each
+            outcomes = []
+            for r, tries in zip(deliverable, rcpts):
+                outcomes += lmtp.deliver(endpoints, timeout, self.sender, [tries],
+                                         self._added_headers(r),
+                                         self.message.chunks(), lmtp.lhlo_name())
         else:
-            header = [TRACE_HEADER] if self._trace else []
             outcomes = lmtp.deliver(endpoints, timeout, self.sender, rcpts,
-                                    header, self.message.chunks(),
-                                    lmtp.lhlo_name())
+                                    self._added_headers(None),
+                                    self.message.chunks(), lmtp.lhlo_name())
         for r, tries, outcome in zip(deliverable, rcpts, outcomes):
             # the reading the server answered for; where two readings share
             # an address (test-owner), the suffix reading, the usual case
@@ -368,18 +381,31 @@ class Delivery:
         timeout = self.settings.get("mailman2", "timeout")
         for r in deliverable:
             r.outcome = wrapper.deliver(
-                program, r.target.action, r.target.name, self._wrapper_stream(),
+                program, r.target.action, r.target.name, self._wrapper_stream(r),
                 timeout, os.environ)
 
     @property
-    def _trace(self):
-        return self.settings.get("mm-handler", "trace_header")
+    def _delivered_to(self):
+        return self.settings.get("mm-handler", "delivered_to")
 
-    def _wrapper_stream(self):
-        """From_ line, then the trace header, then the message as it came."""
-        head = self.message.from_line
-        if self._trace:
-            head += TRACE_HEADER + self.message.eol
+    def _added_headers(self, r):
+        """The header lines we add (no line ends): the trace header, and
+        Delivered-To with r's whole envelope recipient, +detail kept, as
+        Postfix's local delivery writes it: both Mailmans' bounce runners
+        find a VERP address there when the bounce's own headers lack it."""
+        lines = []
+        if self.settings.get("mm-handler", "trace_header"):
+            lines.append(TRACE_HEADER)
+        if r is not None and self._delivered_to:
+            # the local part passed address.readings(): no CR, LF or space
+            lines.append(b"Delivered-To: " + r.envelope_address().encode("ascii"))
+        return lines
+
+    def _wrapper_stream(self, r):
+        """From_ line, then our headers, then the message as it came."""
+        eol = self.message.eol
+        head = self.message.from_line + b"".join(
+            line + eol for line in self._added_headers(r))
         if head:
             yield head
         yield from self.message.chunks()

@@ -177,6 +177,7 @@ SCHEMA = {
         "unknown_list": ("reject", _choice(*UNKNOWN_POLICIES)),
         "unapproved_action": ("reject", _choice(*UNKNOWN_POLICIES)),
         "trace_header": ("yes", _boolean),
+        "delivered_to": ("yes", _boolean),
         "spool_dir": ("/tmp", _absolute_path),
         "spool_threshold": ("1048576", _size),
         "syslog_socket": ("/dev/log", _absolute_path),
