@@ -1000,6 +1000,16 @@ class Soak:
         out.append("                      mm-handler SIGKILLs %d of %d runs seen; proxy "
                    "connections %d (%s)" % (len(kills), self.handlers_seen, len(conns),
                                 ", ".join("%s %d" % kv for kv in sorted(modes.items()))))
+        conn_of_pid = {c["pid"]: c for c in conns if c["pid"]}
+        kill_stages = Counter()
+        for k in kills:
+            c = conn_of_pid.get(k["pid"])
+            kill_stages["before connecting" if c is None else
+                        "after the dot" if c["stage"] in ("dot-forwarded", "upstream-replied",
+                                                         "reply-relayed")
+                        else "at " + c["stage"]] += 1
+        out.append("  mm-handler SIGKILLs by LMTP stage (proxy's view): %s" % ", ".join(
+            "%s %d" % kv for kv in kill_stages.most_common()))
         out.append("  connections that did not end with a relayed reply:")
         for end, n in ends.most_common(14):
             out.append("  %5d  %s" % (n, end))
@@ -1008,8 +1018,9 @@ class Soak:
         out.append("mm-handler syslog     %d lines:" % len(mmh))
         for st, n in mmh_status.most_common(10):
             out.append("  %5d  %s" % (n, st))
-        out.append("elapsed               %.1f s (submission under chaos %.1f s, "
-                   "drain %.1f s in %d queue runs)" % (elapsed, t_submit, t_drain, runs))
+        out.append("elapsed               %.1f s (submission under chaos %.1f s; drain "
+                   "%.1f s: the in-chaos queue runner's last run + %d more queue runs)"
+                   % (elapsed, t_submit, t_drain, runs))
         out.append("=" * 72)
         if dup_lines:
             out.append("duplicates, one line each (cause [proxy connection, mm-handler's "
