@@ -234,7 +234,8 @@ class Message:
 
     def from_line_sender(self):
         """The sender named in the From_ line ('From SENDER DATE'), or None."""
-        words = self.from_line.decode("utf-8", "replace").split()
+        # undecodable bytes stay surrogates, which clean_sender refuses
+        words = self.from_line.decode("utf-8", "surrogateescape").split()
         return words[1] if len(words) > 1 else None
 
     def chunks(self):

@@ -406,7 +406,8 @@ def lmtp_payload(message):
     rest = rest.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if not rest.endswith(b"\r\n"):
         rest += b"\r\n"
-    return b"X-Mailman-Handler: mm-handler 0.1.0\r\n" + rest
+    return (b"X-Mailman-Handler: mm-handler 0.1.0\r\nDelivered-To: "
+            + ADDRESS.encode() + b"\r\n" + rest)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
@@ -560,6 +561,7 @@ def test_fault_matrix(handler, world, row):
                 assert queued == []
             else:
                 assert queued == [FROM_LINE + b"X-Mailman-Handler: mm-handler 0.1.0\n"
+                                  + b"Delivered-To: " + ADDRESS.encode() + b"\n"
                                   + row.message[len(FROM_LINE):]]
                 assert delivered == []
         else:

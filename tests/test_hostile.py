@@ -254,7 +254,31 @@ def _inside(path, directory):
     return path == directory or path.startswith(directory + "/")
 
 
-def expected_wrapper_input(message):
+def delivered_to_line(recipient, host=None):
+    local, domain = address.split_recipient(recipient, host or HOST)
+    return b"Delivered-To: " + (local + "@" + domain).encode("ascii")
+
+
+def without_delivered_to(data, eol):
+    """(data without the Delivered-To line after the trace header, its line)."""
+    start = data.find(TRACE + eol)
+    assert start >= 0, data[:200]
+    start += len(TRACE + eol)
+    end = data.find(eol, start)
+    line = data[start:end]
+    assert line.startswith(b"Delivered-To: "), data[:300]
+    return data[:start] + data[end + len(eol):], line
+
+
+def expected_wrapper_input(message, recipient=None):
+    """What the wrapper reads: From_ line, trace header, Delivered-To (when
+    `recipient` is given), then the message."""
+    if recipient is not None:
+        plain = expected_wrapper_input(message)
+        at = plain.index(TRACE) + len(TRACE)
+        eol = b"\r\n" if plain[at:at + 2] == b"\r\n" else b"\n"
+        return plain[:at] + eol + delivered_to_line(recipient) + plain[at:]
+
     if message.startswith(b"From "):
         end = message.find(b"\n")
         if 0 <= end < 8192:
@@ -264,11 +288,15 @@ def expected_wrapper_input(message):
     return TRACE + b"\n" + message
 
 
-def expected_lmtp_payload(message):
+def expected_lmtp_payload(message, recipient=None):
     """CRLF line ends, a last CRLF; header lines over 998 bytes folded as
     headers (at whitespace), body lines as Sendmail's LMTP mailer folds them
-    (997 bytes and "!", then the rest)."""
+    (997 bytes and "!", then the rest).  Delivered-To after the trace header
+    when `recipient` is given."""
     from tests.test_lmtp import fold_reference
+    if recipient is not None:
+        return expected_lmtp_payload(message).replace(
+            TRACE + b"\r\n", TRACE + b"\r\n" + delivered_to_line(recipient) + b"\r\n", 1)
     rest = message
     if message.startswith(b"From "):
         end = message.find(b"\n")
@@ -320,6 +348,13 @@ def check(h, backend, policy, sender, host, recipients, message, dot, r):
                    for line in r.stderr.splitlines()), where
     assert not any(line.startswith("internal error: ") for line in r.log), \
         (where, r.log)
+
+    delivered = set()
+    for rcpt in recipients:
+        try:
+            delivered.add(delivered_to_line(rcpt, host))
+        except UnicodeEncodeError:
+            pass
 
     # 2. only the configured files and directories, never a '..' path
     roots = [h.lists_dir, os.path.join(h.var_dir, "lists")]
@@ -383,12 +418,30 @@ def check(h, backend, policy, sender, host, recipients, message, dot, r):
         assert len(rcpts) <= len(recipients), where
         assert set(names) <= {"LHLO", "MAIL", "RCPT", "DATA", "QUIT"}, (names, where)
         if s.data_complete:
-            # the only header we add is our constant one; the rest is the message
-            assert s.message == expected_lmtp_payload(message), where
+            # we add our constant header and Delivered-To naming one of the
+            # recipients (ASCII, nothing from input but a checked address);
+            # the rest is the message
+            payload, line = without_delivered_to(s.message, b"\r\n")
+            assert line in delivered, (line, where)
+            # a UTF-8 sender, with no SMTPUTF8 offered, travels in a header
+            kept = TRACE + b"\r\nX-Original-Envelope-From: <"
+            if kept in payload:
+                start = payload.index(kept) + len(TRACE) + 2
+                end = payload.index(b"\r\n", start)
+                value = payload[start + 27:end - 1].decode("utf-8")
+                assert not value.isascii() and value == clean_sender(
+                    value), (value, where)
+                assert s.commands[1] == b"MAIL FROM:<> BODY=8BITMIME", where
+                payload = payload[:start] + payload[end + 2:]
+            assert payload == expected_lmtp_payload(message), where
 
     # 5. the wrapper got the message byte for byte, once per run
     assert len(r.queue) == len(spawns), where
     for data in r.queue:
+        at = data.index(TRACE) + len(TRACE)
+        eol = b"\r\n" if data[at:at + 2] == b"\r\n" else b"\n"
+        data, line = without_delivered_to(data, eol)
+        assert line in delivered, (line, where)
         assert data == expected_wrapper_input(message), where
 
     # 6. bounce letters: no header carries CR, LF or NUL from input
@@ -575,10 +628,10 @@ def prop_messages_arrive_byte_exact(backend, message):
     else:
         assert r.code == 0, r.stderr
         if backend == "mailman2":
-            assert r.queue == [expected_wrapper_input(message)]
+            assert r.queue == [expected_wrapper_input(message, "test")]
         else:
             [s] = r.sessions
-            assert s.message == expected_lmtp_payload(message)
+            assert s.message == expected_lmtp_payload(message, "test")
 
 
 def prop_senders_and_hosts(sender, host):
@@ -591,8 +644,11 @@ def prop_senders_and_hosts(sender, host):
         assert r.code in (0, 75)
         for s in r.sessions:
             mail = s.commands[1].decode()
-            assert mail.startswith("MAIL FROM:<%s>" % clean_sender(
-                sender if sender is not None else "alice@example.org"))
+            expected = clean_sender(
+                sender if sender is not None else "alice@example.org")
+            # a UTF-8 sender without SMTPUTF8 offered: <> and a header
+            assert mail.startswith("MAIL FROM:<%s>" % (
+                expected if expected.isascii() else "")), (mail, sender)
 
 
 backends = st.sampled_from(["mailman2", "mailman3"])
@@ -706,10 +762,10 @@ def test_a_refused_recipient_before_a_deliverable_one():
         assert (r.code, r.stderr) == (0, ""), r.stderr
         assert len(r.letters) == 1 and b"nope@lists.example.test" in r.letters[0]
         if backend == "mailman2":
-            assert r.queue == [expected_wrapper_input(message)]
+            assert r.queue == [expected_wrapper_input(message, "test")]
         else:
             [s] = r.sessions
-            assert s.message == expected_lmtp_payload(message)
+            assert s.message == expected_lmtp_payload(message, "test")
 
 
 def test_the_checks_catch_a_crash():

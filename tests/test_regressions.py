@@ -173,7 +173,7 @@ def test_a_non_blocking_stdin_is_read_whole(handler, mm2_config, mm2):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     [queued] = [data for _, data in mm2.queued()]
-    assert queued == FROM_LINE + TRACE + message[len(FROM_LINE):]
+    assert queued == FROM_LINE + TRACE + b"Delivered-To: test@" + HOST.encode() + b"\n" + message[len(FROM_LINE):]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
