@@ -275,7 +275,10 @@ class Harness:
         return None
 
     def _collect_mailman2(self, run, mm2):
-        expected = (FROM_LINE + b"X-Mailman-Handler: mm-handler %s\n" % self.version
+        def expected(listname):
+            return (FROM_LINE + b"X-Mailman-Handler: mm-handler %s\n" % self.version
+                    + b"Delivered-To: %s@%s\n" % (str(listname).encode(),
+                                                  HOST.encode())
                     + run.message[len(FROM_LINE):])
         lists = {r.get("queue_file"): r.get("listname") for r in mm2.runs()
                  if r.get("outcome") == "queued"}
@@ -285,7 +288,7 @@ class Harness:
                     % (lists.get(path), len(data)))
             if i is None:
                 run.stray.append(what + " (no such recipient)")
-            elif data == expected:
+            elif data == expected(lists.get(path)):
                 run.held[i]["complete"] += 1
             else:
                 run.held[i]["fragments"].append(
@@ -378,7 +381,7 @@ def mailman3_problem(msg, data, run, version):
                                                          describe_diff(raw, want))
     added = {"Message-ID-Hash", "X-Message-ID-Hash", "X-MailFrom"}
     names = [n for n in msg.keys() if n not in added]
-    want_names = ["X-Mailman-Handler"] + [n for n, _ in run.headers]
+    want_names = ["X-Mailman-Handler", "Delivered-To"] + [n for n, _ in run.headers]
     if names != want_names:
         return "headers %r != %r" % (names, want_names)
     for name, value in run.headers:

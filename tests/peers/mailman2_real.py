@@ -253,9 +253,9 @@ class RealMailman2:
                             group=group, timeout=timeout))
 
     def added_headers(self, recipient):
-        """The header lines mm-handler writes after the From_ line, in order.
-        (The coming `delivered_to` key: add b"Delivered-To: " + recipient.)"""
-        return [self.trace]
+        """The header lines mm-handler writes after the From_ line, in order:
+        the trace header, then Delivered-To with the whole envelope recipient."""
+        return [self.trace, b"Delivered-To: " + recipient]
 
     def expected_queue_bytes(self, message, recipient):
         """The one place that says what a queue file must hold: the From_
