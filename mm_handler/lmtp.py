@@ -341,19 +341,28 @@ def _stuffed(lines):
     return data.replace(b"\r\n.", b"\r\n..")
 
 
-def _session_start(conn, sender, lhlo_name):
-    """Greeting, LHLO, MAIL: (None or (stage, Reply) of a failure, note).
+class Refused(Exception):
+    """The server answered a session step with something other than yes."""
 
-    `note` is UTF8_NOTE when a UTF-8 sender went into a header instead of
-    the envelope, else "".
+    def __init__(self, stage, reply):
+        super().__init__(stage, reply)
+        self.stage = stage
+        self.reply = reply
+
+
+def _session_start(conn, sender, lhlo_name):
+    """Greeting, LHLO, MAIL; Refused when the server says no.
+
+    Returns UTF8_NOTE when a UTF-8 sender went into a header instead of the
+    envelope, else "".
     """
     reply = conn.reply()
     if reply.code != 220:
-        return (STAGE_GREETING, reply), ""
+        raise Refused(STAGE_GREETING, reply)
     conn.mailman = MAILMAN in reply.text
     reply = conn.command("LHLO " + lhlo_name)
     if reply.code != 250:
-        return (STAGE_LHLO, reply), ""
+        raise Refused(STAGE_LHLO, reply)
     extensions = [words[0].upper() for words in map(str.split, reply.lines[1:])
                   if words]
     note = ""
@@ -368,8 +377,8 @@ def _session_start(conn, sender, lhlo_name):
         mail += " BODY=8BITMIME"
     reply = conn.command(mail, utf8)
     if reply.code != 250:
-        return (STAGE_MAIL, reply), ""
-    return None, note
+        raise Refused(STAGE_MAIL, reply)
+    return note
 
 
 def _is_utf8(text):
@@ -430,12 +439,12 @@ def deliver(endpoints, timeout, sender, recipients, header, chunks, lhlo_name):
             continue
         try:
             try:
-                failed, note = _session_start(conn, sender, lhlo_name)
+                note = _session_start(conn, sender, lhlo_name)
             except ExchangeError as exc:
                 failures.append(Outcome(EX_TEMPFAIL, str(exc)))
                 continue
-            if failed is not None:
-                failures.append(_failure(failed[0], failed[1], conn.name))
+            except Refused as no:
+                failures.append(_failure(no.stage, no.reply, conn.name))
                 continue
             if note:
                 # the sender's bytes as they came (surrogateescape: argv)
