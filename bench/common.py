@@ -33,6 +33,28 @@ def install(where):
     return venv / "bin" / "mm-handler"
 
 
+def install_revision(where, rev):
+    """mm-handler as it was at git revision `rev`, installed the same way
+    (its own venv), so that a bench compares before and after in one run."""
+    src = where / ("src-" + rev)
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    wheels = where / ("wheels-" + rev)
+    subprocess.run([str(ROOT / ".venv" / "bin" / "pip"), "wheel", "-q",
+                    "--disable-pip-version-check", "--no-build-isolation",
+                    "--no-deps", "-w", str(wheels), str(src)], check=True,
+                   cwd=str(src))
+    venv = where / ("venv-" + rev)
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
+                    "--disable-pip-version-check", "--no-index",
+                    "--find-links", str(wheels), "--find-links",
+                    str(ROOT / "wheelhouse"), "mm-handler"], check=True)
+    return venv / "bin" / "mm-handler"
+
+
 def wrapper_sink(where):
     """A wrapper stand-in that reads and discards stdin (C if cc exists)."""
     cc = shutil.which("cc") or shutil.which("gcc")

@@ -5,26 +5,38 @@ mm-handler is pip-installed into a fresh venv with this machine's own pip,
 exactly as a user gets it, and run as Sendmail runs it (empty environment,
 message on stdin).  The runs are interleaved so that machine noise hits
 every case alike.  Goals: wrapper path <= 1.8x, LMTP path <= 2.2x.
+
+    python startup.py [ROUNDS] [--baseline REV]
+
+With --baseline, mm-handler as it was at git revision REV is installed
+beside it and measured in the same interleaved rounds: before and after in
+one run.
 """
 
 import statistics
 import sys
 
-from common import (SYSTEM_PYTHON, message_10k, setup, spawn_timed)
+from common import (SYSTEM_PYTHON, install_revision, message_10k, setup,
+                    spawn_timed)
 
-ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+ARGS = sys.argv[1:]
+BASELINE = ARGS[ARGS.index("--baseline") + 1] if "--baseline" in ARGS else None
+ROUNDS = int(ARGS[0]) if ARGS and ARGS[0].isdigit() else 200
 
 
 def main():
     where, handler, mm2, mm3, lmtp = setup()
     msg = message_10k(where / "msg")
+    argv = ["-r", "alice@example.org", "lists.example.test", "bench"]
     cases = {
         "floor: python -I -S -c pass": [SYSTEM_PYTHON, "-I", "-S", "-c", "pass"],
-        "wrapper path": [handler, "-C", str(mm2), "-r", "alice@example.org",
-                         "lists.example.test", "bench"],
-        "LMTP path": [handler, "-C", str(mm3), "-r", "alice@example.org",
-                      "lists.example.test", "bench"],
+        "wrapper path": [handler, "-C", str(mm2)] + argv,
+        "LMTP path": [handler, "-C", str(mm3)] + argv,
     }
+    if BASELINE:
+        old = str(install_revision(where, BASELINE))
+        cases["wrapper path at " + BASELINE] = [old, "-C", str(mm2)] + argv
+        cases["LMTP path at " + BASELINE] = [old, "-C", str(mm3)] + argv
     times = {name: [] for name in cases}
     for argv in cases.values():       # warm the page cache and the .pyc files
         spawn_timed(argv, msg)
@@ -40,7 +52,7 @@ def main():
           % (ROUNDS, handler))
     for name, values in times.items():
         median = statistics.median(values)
-        goal = goals.get(name)
+        goal = goals.get(name.split(" at ")[0])
         verdict = "" if goal is None else "  goal <= %.1fx: %s" % (
             goal, "met" if median / floor <= goal else "MISSED")
         print("  %-30s median %6.2f ms  %5.2fx floor%s"
