@@ -180,7 +180,7 @@ SCHEMA = {
         "delivered_to": ("yes", _boolean),
         "spool_dir": ("/tmp", _absolute_path),
         "spool_threshold": ("1048576", _size),
-        "syslog_socket": ("/dev/log", _absolute_path),
+        "syslog_socket": ("", _absolute_path),   # "": the system's own
         "syslog_facility": ("mail", _choice("mail", "daemon", "user", "local0",
                                             "local1", "local2", "local3", "local4",
                                             "local5", "local6", "local7")),

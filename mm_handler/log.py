@@ -31,6 +31,19 @@ def display(text, limit=200):
     return "".join(out)
 
 
+# where syslogd listens: Linux and illumos, FreeBSD and NetBSD, macOS
+SYSLOG_SOCKETS = ("/dev/log", "/var/run/log", "/var/run/syslog")
+
+
+def default_socket():
+    """The first syslog socket this system has (a missing one is tried and
+    given up at the first line, never slowing a delivery)."""
+    for path in SYSLOG_SOCKETS:
+        if os.path.exists(path):
+            return path
+    return SYSLOG_SOCKETS[0]
+
+
 class Syslog:
     """Lines to the syslog socket; after one failure, none for this run.
 
@@ -39,8 +52,8 @@ class Syslog:
     line per recipient.
     """
 
-    def __init__(self, path="/dev/log", facility="mail"):
-        self.path = path
+    def __init__(self, path="", facility="mail"):
+        self.path = path or default_socket()
         self.facility = FACILITIES.get(facility, 2)
         self.sock = None
         self.failed = False

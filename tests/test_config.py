@@ -63,7 +63,8 @@ def test_every_key_has_a_default():
     assert s.get("mm-handler", "unapproved_action") == "reject"
     assert s.get("mm-handler", "trace_header") is True
     assert s.get("mm-handler", "spool_threshold") == 1048576
-    assert s.get("mm-handler", "syslog_socket") == "/dev/log"
+    assert s.get("mm-handler", "syslog_socket") == ""     # the system's own
+    assert s.get("mm-handler", "delivered_to") is True
     assert s.get("mm-handler", "syslog_facility") == "mail"
     assert s.get("mailman2", "wrapper") == "/usr/lib/mailman/mail/mailman"
     assert s.get("mailman2", "lists_dir") == "/var/lib/mailman/lists"
