@@ -6,10 +6,41 @@ VENV := .venv
 MAILMAN_VENV := .venv-mailman
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: test demo bench fuzz wheelhouse clean
+.PHONY: test test-suite test-portable test-pythons demo bench fuzz wheelhouse clean
 
-test: $(VENV)/.ready $(MAILMAN_VENV)/.ready
+# The delivery tests, run again where they must hold on every platform and
+# every supported Python.
+DELIVERY_TESTS := tests/test_mailman2.py tests/test_mailman2_real.py \
+	tests/test_mailman3_delivery.py tests/test_regressions.py tests/test_command.py
+UNIT_TESTS := tests/test_address.py tests/test_status.py tests/test_config.py \
+	tests/test_log.py tests/test_lmtp.py tests/test_bounce.py tests/test_child.py
+# CPython 3.9 to 3.13 (3.11 is Debian's, the main run); pyenv's builds
+PYTHONS ?= 3.9 3.10 3.12 3.13
+PYENV_VERSIONS ?= /root/.pyenv/versions
+
+test: test-suite test-portable test-pythons
+
+test-suite: $(VENV)/.ready $(MAILMAN_VENV)/.ready
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests
+
+# the installed command without the Linux-only interfaces (pidfd_open,
+# O_TMPFILE, poll, epoll...): FreeBSD, NetBSD, illumos and macOS lack them
+test-portable: $(VENV)/.ready $(MAILMAN_VENV)/.ready
+	MM_HANDLER_TEST_PORTABLE=1 $(VENV)/bin/python -m pytest -p no:cacheprovider -q \
+		$(DELIVERY_TESTS)
+
+# the unit tests in-process and the delivery tests through a command
+# installed with each interpreter
+test-pythons: $(VENV)/.ready $(MAILMAN_VENV)/.ready
+	set -e; for v in $(PYTHONS); do \
+	  py=$$(ls -d $(PYENV_VERSIONS)/$$v.*/bin/python3 | sort -V | tail -1); \
+	  test -x "$$py" || { echo "no CPython $$v under $(PYENV_VERSIONS)"; exit 1; }; \
+	  test -x .venv-py$$v/bin/python || $$py -m venv .venv-py$$v; \
+	  .venv-py$$v/bin/pip install $(PIP_QUIET) pytest aiosmtpd hypothesis chardet; \
+	  echo "== CPython $$v ($$py)"; \
+	  MM_HANDLER_TEST_PYTHON=$$py .venv-py$$v/bin/python -m pytest -p no:cacheprovider \
+	    -q $(UNIT_TESTS) $(DELIVERY_TESTS); \
+	done
 
 demo: $(VENV)/.ready $(MAILMAN_VENV)/.ready
 	$(VENV)/bin/python demo/demo.py
@@ -41,4 +72,4 @@ $(MAILMAN_VENV)/.ready: $(VENV)/.ready
 	touch $(MAILMAN_VENV)/.ready
 
 clean:
-	rm -rf $(VENV) $(MAILMAN_VENV) wheelhouse build *.egg-info
+	rm -rf $(VENV) $(MAILMAN_VENV) .venv-py3.* wheelhouse build *.egg-info

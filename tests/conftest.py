@@ -35,19 +35,55 @@ def public_tmp():
     shutil.rmtree(path, ignore_errors=True)
 
 
+# The interpreter the installed command runs on: Debian's by default (an
+# unprivileged mailer user can reach it); `make test-pythons` sets another.
+HANDLER_PYTHON = os.environ.get("MM_HANDLER_TEST_PYTHON", SYSTEM_PYTHON)
+# `make test-portable`: the installed command runs without the Linux-only
+# interfaces, as on FreeBSD, NetBSD, illumos and macOS.
+PORTABLE = os.environ.get("MM_HANDLER_TEST_PORTABLE") == "1"
+LINUX_ONLY = {"os": ["pidfd_open", "O_TMPFILE", "memfd_create", "eventfd",
+                     "splice", "copy_file_range", "sched_getaffinity"],
+              "select": ["poll", "epoll"], "signal": ["pidfd_send_signal"]}
+PORTABLE_MODULE = """\
+# Hides the Linux-only interfaces from mm-handler (tests/conftest.py).
+import importlib
+for module, names in %r.items():
+    m = importlib.import_module(module)
+    for name in names:
+        if hasattr(m, name):
+            delattr(m, name)
+"""
+
+
 @pytest.fixture(scope="session")
 def handler(public_tmp):
     """Path of the `mm-handler` command as `pip install` gives it to a user."""
     wheels = sorted(WHEELHOUSE.glob("mm_handler-*.whl"))
     assert wheels, "no wheel in %s: run `make test`" % WHEELHOUSE
     venv = public_tmp / "venv"
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+    subprocess.run([HANDLER_PYTHON, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
                     "--disable-pip-version-check", "--no-index",
                     "--find-links", str(WHEELHOUSE), "mm-handler"], check=True)
     command = venv / "bin" / "mm-handler"
     assert command.exists()
+    if PORTABLE:
+        hide_linux_only(venv)
     return command
+
+
+def hide_linux_only(venv):
+    """A .pth hook run at every start of the venv's interpreter (before
+    mm-handler's imports) that deletes the Linux-only interfaces."""
+    [site] = venv.glob("lib/python3*/site-packages")
+    (site / "_mmh_portable.py").write_text(PORTABLE_MODULE % (LINUX_ONLY,))
+    (site / "mmh_portable.pth").write_text("import _mmh_portable\n")
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import os, select; print(hasattr(os, 'pidfd_open'), "
+         "hasattr(os, 'O_TMPFILE'), hasattr(select, 'poll'))"],
+        capture_output=True, text=True, env={}, check=True)
+    assert probe.stdout.split() == ["False"] * 3, probe
 
 
 @pytest.fixture
