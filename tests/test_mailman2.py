@@ -3,19 +3,59 @@
 The wrapper is tests/peers/mailman2_wrapper.py, a stand-in that follows
 ../shared/docs/mailman2-wrapper.md: group check (exit 2), illegal command
 (6), missing list (1), otherwise the whole of stdin into qfiles/in/.
+
+Every test runs three times: with the command as installed, and with the
+command's interpreter lacking os.pidfd_open, then select.poll, as on
+FreeBSD, macOS, NetBSD, illumos or an old Linux (mm_handler.child's
+fallbacks).  The calls are deleted at interpreter start-up by a .pth file
+in the venv: Debian's own sitecustomize.py comes first on sys.path and
+would hide one of ours.
 """
 
 import os
 import re
+import signal
+import subprocess
+import time
 
 import pytest
 
-from tests.conftest import FROM_LINE, sample_message
+from tests.conftest import FROM_LINE, SYSTEM_PYTHON, WHEELHOUSE, sample_message
 from tests.peers.mailman2_wrapper import Installed
 
 HOST = "lists.example.test"
 TRACE = b"X-Mailman-Handler: mm-handler 0.1.0\n"
 ALL_ACTIONS = "post admin bounces confirm join leave owner request subscribe unsubscribe"
+
+FALLBACKS = {
+    "installed": None,
+    "no pidfd_open": "import os; os.__dict__.pop('pidfd_open', None)\n",
+    "no select.poll": "import select; select.__dict__.pop('poll', None)\n",
+}
+
+
+@pytest.fixture(scope="module", params=list(FALLBACKS))
+def handler(request, handler, public_tmp):
+    """The installed command, or one in a venv whose interpreter lacks a call."""
+    pth = FALLBACKS[request.param]
+    if pth is None:
+        return handler
+    venv = public_tmp / ("venv-" + re.sub(r"[^a-z]+", "-", request.param))
+    if not venv.exists():
+        subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
+                        "--disable-pip-version-check", "--no-index",
+                        "--find-links", str(WHEELHOUSE), "mm-handler"], check=True)
+        [site] = venv.glob("lib/python3*/site-packages")
+        (site / "mm_handler_test_fallback.pth").write_text(pth)
+    lacks = subprocess.run(
+        [str(venv / "bin" / "python3"), "-c", "import os, select; "
+         "print(hasattr(os, 'pidfd_open'), hasattr(select, 'poll'))"],
+        env={}, capture_output=True, check=True).stdout
+    assert lacks == {"no pidfd_open": b"False True\n",
+                     "no select.poll": b"%r False\n" % hasattr(os, "pidfd_open")
+                     }[request.param]
+    return venv / "bin" / "mm-handler"
 
 
 @pytest.fixture
@@ -39,12 +79,19 @@ def queued_bytes(mm2):
     return [data for _, data in mm2.queued()]
 
 
-def expected_queue_file(message, trace=TRACE):
-    """What lands in qfiles/in/: the From_ line, the trace header, the rest."""
-    assert message.startswith(b"From ")
-    end = message.index(b"\n") + 1
+def delivered_to(rcpt="test"):
+    """The Delivered-To line mm-handler adds: the envelope recipient as
+    Sendmail had it (case, +detail), @ the lower-case domain."""
+    return b"Delivered-To: %s\n" % (rcpt if "@" in rcpt else rcpt + "@" + HOST).encode()
+
+
+def expected_queue_file(message, rcpt="test", trace=TRACE):
+    """What lands in qfiles/in/: the From_ line, the trace header,
+    Delivered-To, the rest."""
+    end = message.index(b"\n") + 1 if message.startswith(b"From ") else 0
     eol = b"\r\n" if message[:end].endswith(b"\r\n") else b"\n"
-    return message[:end] + (trace[:-1] + eol if trace else b"") + message[end:]
+    added = b"".join(line[:-1] + eol for line in (trace, delivered_to(rcpt)) if line)
+    return message[:end] + added + message[end:]
 
 
 def delivery_lines(syslog_sink):
@@ -80,7 +127,7 @@ def test_each_address_reaches_its_list_and_action(run_handler, config, mm2, sysl
     message = sample_message()
     r = run_handler(["-r", "alice@example.org", HOST, recipient], message, config())
     assert (r.code, r.stderr, r.stdout) == (0, "", "")
-    assert queued_bytes(mm2) == [expected_queue_file(message)]
+    assert queued_bytes(mm2) == [expected_queue_file(message, recipient)]
     runs = mm2.runs()
     assert [run["argv"] for run in runs] == [[action, listname]]
     assert runs[0]["outcome"] == "queued"
@@ -101,15 +148,16 @@ def test_the_from_line_comes_first_then_the_trace_header(run_handler, config, mm
     lines = data.split(b"\n")
     assert lines[0] + b"\n" == FROM_LINE
     assert lines[1] + b"\n" == TRACE
-    assert lines[2].startswith(b"From: Alice")
-    assert data == FROM_LINE + TRACE + message[len(FROM_LINE):]
+    assert lines[2] + b"\n" == delivered_to()
+    assert lines[3].startswith(b"From: Alice")
+    assert data == FROM_LINE + TRACE + delivered_to() + message[len(FROM_LINE):]
 
 
-def test_without_the_trace_header_the_bytes_are_untouched(run_handler, config, mm2):
+def test_without_the_trace_header_only_delivered_to_is_added(run_handler, config, mm2):
     message = sample_message()
     r = run_handler([HOST, "test"], message, config(trace_header="no"))
     assert r.code == 0
-    assert queued_bytes(mm2) == [message]
+    assert queued_bytes(mm2) == [expected_queue_file(message, trace=b"")]
 
 
 @pytest.mark.parametrize("name, body", [
@@ -139,6 +187,7 @@ def test_crlf_from_line_gets_a_crlf_trace_header(run_handler, config, mm2):
     [data] = queued_bytes(mm2)
     assert data == (b"From alice@example.org Sun Nov 22 02:44:03 2026\r\n"
                     b"X-Mailman-Handler: mm-handler 0.1.0\r\n"
+                    b"Delivered-To: test@lists.example.test\r\n"
                     b"Subject: crlf\r\n\r\nbody\r\n")
 
 
@@ -147,7 +196,7 @@ def test_a_message_without_from_line_is_passed_as_it_came(run_handler, config, m
     message = b"Subject: no from line\n\nbody\n"
     r = run_handler(["-r", "bob@example.org", HOST, "test"], message, config())
     assert r.code == 0
-    assert queued_bytes(mm2) == [TRACE + message]
+    assert queued_bytes(mm2) == [TRACE + delivered_to() + message]
     [line] = delivery_lines(syslog_sink)
     assert line.startswith("sender=<bob@example.org> ")
 
@@ -186,7 +235,8 @@ def test_several_recipients_each_get_the_message_once(run_handler, config, mm2,
     r = run_handler([HOST, "test", "my-list-request", "other-bounces+a=b.example"],
                     message, config())
     assert (r.code, r.stderr) == (0, "")
-    assert queued_bytes(mm2) == [expected_queue_file(message)] * 3
+    assert queued_bytes(mm2) == [expected_queue_file(message, rcpt) for rcpt in (
+        "test", "my-list-request", "other-bounces+a=b.example")]
     assert [run["argv"] for run in mm2.runs()] == [
         ["post", "test"], ["request", "my-list"], ["bounces", "other"]]
     lines = delivery_lines(syslog_sink)
@@ -208,7 +258,8 @@ def test_spooling_for_several_recipients(run_handler, config, mm2, tmp_path,
     r = run_handler([HOST, "test", "other", "my-list"], message,
                     config(spool_dir=str(spool), spool_threshold=str(threshold)))
     assert (r.code, r.stderr) == (0, "")
-    assert queued_bytes(mm2) == [expected_queue_file(message)] * 3
+    assert queued_bytes(mm2) == [expected_queue_file(message, rcpt)
+                                 for rcpt in ("test", "other", "my-list")]
     assert os.listdir(spool) == []          # O_TMPFILE: nothing left behind
 
 
@@ -392,6 +443,97 @@ def test_a_slow_wrapper_is_killed_and_the_mail_kept(run_handler, make_config, mm
     assert r.stderr == ("4.3.0 <test@%s>: wrapper did not finish within 1 s and was "
                         "killed; kept for retry\n" % HOST)
     assert queued_bytes(mm2) == []
+
+
+# --- one deadline, no partial hand-over (mm_handler.child) ------------------------------
+
+def wait_for_pid(path, seconds=10):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if os.path.exists(path):
+            return int(open(path).read())
+        time.sleep(0.01)
+    raise AssertionError("the wrapper never started")
+
+
+def dead(pid, seconds=2):
+    """No such process, or a zombie not yet reaped by init."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_wrapper_that_never_reads_is_killed_at_the_deadline(run_handler, make_config,
+                                                              mm2, tmp_path):
+    started = str(tmp_path / "started")
+    mm2.configure(fault="sleep", seconds=60, started=started)
+    cfg = make_config({"mm-handler": {"backend": "mailman2"},
+                       "mailman2": {"wrapper": mm2.path, "lists_dir": mm2.lists_dir,
+                                    "timeout": "1"}})
+    begin = time.monotonic()
+    r = run_handler([HOST, "test"], sample_message(body=b"z" * 240000), cfg, timeout=30)
+    took = time.monotonic() - begin
+    assert r.code == 75 and took < 4, (r, took)
+    assert r.stderr == ("4.3.0 <test@%s>: wrapper did not finish within 1 s and was "
+                        "killed; kept for retry\n" % HOST)
+    assert dead(wait_for_pid(started))
+    assert queued_bytes(mm2) == [] and mm2.runs() == []
+
+
+def test_a_child_of_the_wrapper_holding_its_output_does_not_delay_success(
+        run_handler, config, mm2):
+    mm2.configure(fault="linger", seconds=60)
+    message = sample_message(body=b"q" * 100000)
+    begin = time.monotonic()
+    r = run_handler([HOST, "test"], message, config(), timeout=30)
+    took = time.monotonic() - begin
+    [run] = mm2.runs()
+    os.kill(run["lingering"], signal.SIGKILL)
+    assert (r.code, r.stderr) == (0, "")
+    assert took < 4, took
+    assert queued_bytes(mm2) == [expected_queue_file(message)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_stream_kills_the_wrapper_before_its_stdin_closes(
+        handler, config, mm2, tmp_path, signum):
+    """Mailman 2 queues whatever it read up to a clean end of file: the
+    wrapper, reading for sure, must die before mm-handler lets go of the pipe."""
+    started = str(tmp_path / "started")
+    mm2.configure(started=started)
+    message = sample_message(body=b"0123456789abcdef\n" * 65536)      # ~1 MB
+    proc = subprocess.Popen([str(handler), "-C", str(config()), HOST, "test"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={}, cwd="/")
+    try:
+        proc.stdin.write(message[:len(message) // 2])
+        proc.stdin.flush()
+        wrapper = wait_for_pid(started)
+        time.sleep(0.3)                 # it has read what was sent
+        proc.send_signal(signum)
+        try:
+            proc.stdin.write(message[len(message) // 2:])
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        err = proc.stderr.read().decode()
+        assert proc.wait(30) == 75, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "interrupted by signal %d" % signum in err
+    assert dead(wrapper)
+    time.sleep(0.3)
+    assert queued_bytes(mm2) == [] and mm2.runs() == []
 
 
 # --- the manual pipe test --------------------------------------------------------------

@@ -36,6 +36,12 @@ checks pass, before stdin is read unless ``"after_read": true``:
     {"fault": "noread"}                     exit 0 without reading stdin
     {"fault": "sleep", "seconds": S}        sleep S seconds, then behave normally
     {"fault": "partial", "bytes": N}        read N bytes, enqueue them, exit 0
+    {"fault": "linger", "seconds": S}       behave normally, but leave a child
+                                            holding stdout/stderr open S seconds
+
+``"started": PATH`` (optional) writes the pid to PATH once the argument and
+group checks pass, before any fault and before stdin is read, so that a
+test can act while the message is on its way.
 
 The log line records argv, real/effective gid, the outcome and the queue
 file, so that tests can check exactly what mm-handler ran.
@@ -170,6 +176,10 @@ def main():
         fatal(config, MAIL_ILLEGAL_COMMAND, "Illegal command: %s" % command)
     check_caller(config)
 
+    if config.get("started"):
+        with open(config["started"] + ".tmp", "w") as f:
+            f.write("%d\n" % os.getpid())
+        os.rename(config["started"] + ".tmp", config["started"])
     fault = config.get("fault")
     if fault and config.get("after_read"):
         read_stdin()
@@ -204,8 +214,16 @@ def main():
     else:
         text = read_stdin()
     path = enqueue(config, command, listname, text)
+    lingering = None
+    if fault == "linger":
+        lingering = os.fork()
+        if lingering == 0:          # keeps fds 1 and 2 open, reads nothing
+            os.close(0)
+            time.sleep(float(config["seconds"]))
+            os._exit(0)
+    extra = {} if lingering is None else {"lingering": lingering}
     log(config, outcome="queued", queue_file=path, listname=listname,
-        metadata={METADATA[command]: 1}, size=len(text))
+        metadata={METADATA[command]: 1}, size=len(text), **extra)
     return 0
 
 
