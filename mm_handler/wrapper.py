@@ -31,7 +31,7 @@ WRAPPER_EXIT = {
     4: "the wrapper could not exec its script",
     5: "the wrapper reports a usage error",
     6: "the wrapper reports an illegal command",
-    8: "the wrapper's mail group name was not found",
+    8: "the mailer's gid has no group name (check U= and /etc/group)",
 }
 STDERR_KEEP = 2048
 

@@ -263,9 +263,9 @@ ROWS = [
          "wrapper exit 6: the wrapper reports an illegal command",
          "injected fault: exit 6", stand_in={"fault": "exit", "code": 6}),
     wrap("wrapper exit 8 (group name not found)", 75, "kept",
-         "4.3.0 <{A}>: wrapper exit 8: the wrapper's mail group name was not found "
+         "4.3.0 <{A}>: wrapper exit 8: the mailer's gid has no group name (check U= and /etc/group) "
          "(wrapper said: " + on_stderr(GROUP_MISSING) + ")" + KEPT,
-         "wrapper exit 8: the wrapper's mail group name was not found",
+         "wrapper exit 8: the mailer's gid has no group name (check U= and /etc/group)",
          in_syslog(GROUP_MISSING),
          stand_in={"group": "mm-no-such-group"}),
     wrap("wrapper killed by SIGKILL", 75, "kept",
