@@ -37,6 +37,7 @@ test-pythons: $(VENV)/.ready $(MAILMAN_VENV)/.ready
 	  test -x "$$py" || { echo "no CPython $$v under $(PYENV_VERSIONS)"; exit 1; }; \
 	  test -x .venv-py$$v/bin/python || $$py -m venv .venv-py$$v; \
 	  .venv-py$$v/bin/pip install $(PIP_QUIET) pytest aiosmtpd hypothesis chardet; \
+	  .venv-py$$v/bin/pip download $(PIP_QUIET) --only-binary=:all: -d wheelhouse chardet; \
 	  echo "== CPython $$v ($$py)"; \
 	  MM_HANDLER_TEST_PYTHON=$$py .venv-py$$v/bin/python -m pytest -p no:cacheprovider \
 	    -q $(UNIT_TESTS) $(DELIVERY_TESTS); \

@@ -21,10 +21,10 @@ def workdir():
     return path
 
 
-def install(where):
+def install(where, python=SYSTEM_PYTHON):
     """pip-install mm-handler into a fresh venv with this machine's own pip."""
     venv = where / "venv"
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
     wheels = ROOT / "wheelhouse"
     source = (["--no-index", "--find-links", str(wheels), "mm-handler"]
               if list(wheels.glob("mm_handler-*.whl")) else [str(ROOT)])
@@ -33,7 +33,7 @@ def install(where):
     return venv / "bin" / "mm-handler"
 
 
-def install_revision(where, rev):
+def install_revision(where, rev, python=SYSTEM_PYTHON):
     """mm-handler as it was at git revision `rev`, installed the same way
     (its own venv), so that a bench compares before and after in one run."""
     src = where / ("src-" + rev)
@@ -47,7 +47,7 @@ def install_revision(where, rev):
                     "--no-deps", "-w", str(wheels), str(src)], check=True,
                    cwd=str(src))
     venv = where / ("venv-" + rev)
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
                     "--disable-pip-version-check", "--no-index",
                     "--find-links", str(wheels), "--find-links",
@@ -135,11 +135,11 @@ def write_config(where, name, text):
     return path
 
 
-def setup():
+def setup(python=SYSTEM_PYTHON):
     """A user-style install, a wrapper sink with list "bench", an LMTP sink,
     and one config per backend: (workdir, handler, mm2.cfg, mm3.cfg, sink)."""
     where = workdir()
-    handler = str(install(where))
+    handler = str(install(where, python))
     sink = wrapper_sink(where)
     (where / "lists" / "bench").mkdir(parents=True)
     (where / "lists" / "bench" / "config.pck").write_bytes(b"")

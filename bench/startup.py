@@ -6,13 +6,16 @@ exactly as a user gets it, and run as Sendmail runs it (empty environment,
 message on stdin).  The runs are interleaved so that machine noise hits
 every case alike.  Goals: wrapper path <= 1.8x, LMTP path <= 2.2x.
 
-    python startup.py [ROUNDS] [--baseline REV]
+    python startup.py [ROUNDS] [--baseline REV] [--python 3.9|PATH]
 
 With --baseline, mm-handler as it was at git revision REV is installed
 beside it and measured in the same interleaved rounds: before and after in
-one run.
+one run.  With --python, the mailer and the floor run on that interpreter
+(a version number means pyenv's build of it); the wheelhouse must hold a
+chardet wheel for it (`make test-pythons` puts one there).
 """
 
+import glob
 import statistics
 import sys
 
@@ -24,17 +27,30 @@ BASELINE = ARGS[ARGS.index("--baseline") + 1] if "--baseline" in ARGS else None
 ROUNDS = int(ARGS[0]) if ARGS and ARGS[0].isdigit() else 200
 
 
+def interpreter():
+    if "--python" not in ARGS:
+        return SYSTEM_PYTHON
+    wanted = ARGS[ARGS.index("--python") + 1]
+    if wanted.startswith("/"):
+        return wanted
+    found = sorted(glob.glob("/root/.pyenv/versions/%s.*/bin/python3" % wanted))
+    if not found:
+        sys.exit("no CPython %s under /root/.pyenv/versions" % wanted)
+    return found[-1]
+
+
 def main():
-    where, handler, mm2, mm3, lmtp = setup()
+    python = interpreter()
+    where, handler, mm2, mm3, lmtp = setup(python)
     msg = message_10k(where / "msg")
     argv = ["-r", "alice@example.org", "lists.example.test", "bench"]
     cases = {
-        "floor: python -I -S -c pass": [SYSTEM_PYTHON, "-I", "-S", "-c", "pass"],
+        "floor: python -I -S -c pass": [python, "-I", "-S", "-c", "pass"],
         "wrapper path": [handler, "-C", str(mm2)] + argv,
         "LMTP path": [handler, "-C", str(mm3)] + argv,
     }
     if BASELINE:
-        old = str(install_revision(where, BASELINE))
+        old = str(install_revision(where, BASELINE, python))
         cases["wrapper path at " + BASELINE] = [old, "-C", str(mm2)] + argv
         cases["LMTP path at " + BASELINE] = [old, "-C", str(mm3)] + argv
     times = {name: [] for name in cases}
@@ -48,8 +64,8 @@ def main():
             times[name].append(seconds)
     floor = statistics.median(times["floor: python -I -S -c pass"])
     goals = {"wrapper path": 1.8, "LMTP path": 2.2}
-    print("start-up bench: %d interleaved rounds, 10 KB message, %s"
-          % (ROUNDS, handler))
+    print("start-up bench: %d interleaved rounds, 10 KB message, %s on %s"
+          % (ROUNDS, handler, python))
     for name, values in times.items():
         median = statistics.median(values)
         goal = goals.get(name.split(" at ")[0])
