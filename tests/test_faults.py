@@ -15,7 +15,9 @@ configuration is read are seen.  Each row asserts:
 
 LMTP rows talk to tests/peers/scripted_lmtp.py, wrapper rows run the Mailman 2
 stand-in tests/peers/mailman2_wrapper.py.  Rows marked user="nobody" run the
-handler as uid/gid 65534, because root can read any file.
+handler as uid/gid 65534, because root can read any file; the "wrapper exit
+8" row runs it as root with a gid that has no name (mailer_gid), which is
+how the real wrapper's exit 8 comes about.
 
 Templates: {A} the recipient address, {N} the LMTP server, {R} the refused
 endpoint, {W} the wrapper, {CFG} the config file, {LISTS} the lists
@@ -23,6 +25,7 @@ directory, {SM} the bounce's sendmail, {SPOOL} the spool directory, {SIZE}
 the message size; "…" matches anything.
 """
 
+import grp
 import os
 import re
 import shutil
@@ -41,6 +44,19 @@ MESSAGE = sample_message(subject="fault matrix", body=b"Body line.\n.dot line\n"
 BIG = sample_message(subject="big", body=b"".join(b"%07d %s\n" % (i, b"z" * 100)
                                                  for i in range(10000)))   # ~1 MB
 NOBODY = 65534
+
+
+def nameless_gid(gid=54321):
+    """A gid /etc/group has no name for."""
+    while True:
+        try:
+            grp.getgrgid(gid)
+        except KeyError:
+            return gid
+        gid += 1
+
+
+NAMELESS_GID = nameless_gid()
 
 # Run the command in a private mount namespace with /dev/log = the sink.
 NAMESPACE_SCRIPT = """set -e
@@ -82,19 +98,24 @@ def local(id, code, where, stderr, log, **setup):
     return Row(id, "local", code, where, stderr, log, **setup)
 
 
-# what the stand-in says, line by line (the real wrapper's words, src/common.c)
-GROUP_MISMATCH = [
+# what the stand-in says, line by line: the real wrapper's words (src/common.c,
+# checked against the real one in tests/test_mailman2_real.py); the trailing
+# space after "re-run configure," is the real wrapper's
+GROUP_MISMATCH = [       # compiled for "nogroup", run as root (gid 0)
     'Group mismatch error.  Mailman expected the mail',
     'wrapper script to be executed as group "nogroup", but',
     "the system's mail server executed the mail script as",
-    'group "0".  Try tweaking the mail server to run the',
-    'script as group "nogroup", or re-run configure,',
-    "providing the command line option `--with-mail-gid=0'."]
-GROUP_MISSING = [
-    "Failure to find group name mm-no-such-group.  Try adding this group",
-    "to your system, or re-run configure, providing an",
-    "existing group name with the command line option",
-    "--with-mail-gid."]
+    'group "root".  Try tweaking the mail server to run the',
+    'script as group "nogroup", or re-run configure, ',
+    "providing the command line option `--with-mail-gid=root'."]
+GROUP_MISSING = [        # compiled for "root", run with a gid that has no name
+    "Failure to find group name for GID %d.  Mailman" % NAMELESS_GID,
+    "expected the mail wrapper to be executed as group",
+    "\"root\", but the system's mail server executed the",
+    "wrapper as GID %d for which the name could not be" % NAMELESS_GID,
+    "found.  Try adding GID %d to your system as \"root\"," % NAMELESS_GID,
+    "or tweak your mail server to run the wrapper as group",
+    "\"root\"."]
 
 
 def cut(text, limit=200):
@@ -262,12 +283,11 @@ ROWS = [
          "said: injected fault: exit 6)" + KEPT,
          "wrapper exit 6: the wrapper reports an illegal command",
          "injected fault: exit 6", stand_in={"fault": "exit", "code": 6}),
-    wrap("wrapper exit 8 (group name not found)", 75, "kept",
+    wrap("wrapper exit 8 (the mailer's gid has no name)", 75, "kept",
          "4.3.0 <{A}>: wrapper exit 8: the mailer's gid has no group name (check U= and /etc/group) "
          "(wrapper said: " + on_stderr(GROUP_MISSING) + ")" + KEPT,
          "wrapper exit 8: the mailer's gid has no group name (check U= and /etc/group)",
-         in_syslog(GROUP_MISSING),
-         stand_in={"group": "mm-no-such-group"}),
+         in_syslog(GROUP_MISSING), mailer_gid=NAMELESS_GID),
     wrap("wrapper killed by SIGKILL", 75, "kept",
          "4.3.0 <{A}>: wrapper killed by signal 9" + KEPT,
          "wrapper killed by signal 9", stand_in={"fault": "signal", "signal": 9}),
@@ -386,12 +406,15 @@ def world(public_tmp):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def run_in_namespace(handler, argv, stdin, sink, stage, user=None, timeout=60):
+def run_in_namespace(handler, argv, stdin, sink, stage, user=None, gid=None,
+                     timeout=60):
     os.makedirs(stage, exist_ok=True)
     command = [str(handler)] + argv
     if user is not None:
         command = ["/usr/bin/setpriv", "--reuid=%d" % user, "--regid=%d" % user,
                    "--clear-groups"] + command
+    elif gid is not None:       # root, but the real (and effective) gid is gid
+        command = ["/usr/bin/setpriv", "--regid=%d" % gid, "--clear-groups"] + command
     proc = subprocess.run(
         ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
          NAMESPACE_SCRIPT, "sh", stage, sink] + command,
@@ -516,12 +539,13 @@ def test_fault_matrix(handler, world, row):
             argv[argv.index("test")] = setup.pop("rcpt")
             values["A"] = argv[-1] + "@" + HOST
         size = setup.pop("size", None)
+        mailer_gid = setup.pop("mailer_gid", None)
         assert not setup, "unused row settings: %r" % setup
 
         # --- run it -------------------------------------------------------------
         code, stdout, stderr = run_in_namespace(
             handler, argv, row.message, sink.path, os.path.join(world, "stage"),
-            user=NOBODY if row.user == "nobody" else None)
+            user=NOBODY if row.user == "nobody" else None, gid=mailer_gid)
         for server in servers:
             server.wait_idle()
 

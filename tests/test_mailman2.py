@@ -1,8 +1,12 @@
 """The Mailman 2 wrapper path, end to end through the installed command.
 
-The wrapper is tests/peers/mailman2_wrapper.py, a stand-in that follows
-../shared/docs/mailman2-wrapper.md: group check (exit 2), illegal command
-(6), missing list (1), otherwise the whole of stdin into qfiles/in/.
+The wrapper is tests/peers/mailman2_wrapper.py, a stand-in that answers as
+the real Mailman 2 wrapper does (tests/test_mailman2_real.py compares them;
+../shared/docs/mailman2-wrapper.md): a caller's gid without a name (exit 8),
+group mismatch (2), illegal command (6), missing list (1), otherwise the
+whole of stdin into qfiles/in/ (post, owner), qfiles/commands/ (request,
+confirm, join, leave, subscribe, unsubscribe) or qfiles/bounces/ (bounces,
+admin).
 
 Every test runs three times: with the command as installed, and with the
 command's interpreter lacking os.pidfd_open, then select.poll, as on
@@ -12,6 +16,7 @@ in the venv: Debian's own sitecustomize.py comes first on sys.path and
 would hide one of ours.
 """
 
+import grp
 import os
 import re
 import signal
@@ -26,6 +31,24 @@ from tests.peers.mailman2_wrapper import Installed
 HOST = "lists.example.test"
 TRACE = b"X-Mailman-Handler: mm-handler 0.1.0\n"
 ALL_ACTIONS = "post admin bounces confirm join leave owner request subscribe unsubscribe"
+
+# facts (../shared/docs/mailman2-wrapper.md, "Where each command queues"):
+# command -> (queue, metadata flag or None)
+QUEUE_OF = {"post": ("in", "tolist"), "owner": ("in", "toowner"),
+            "request": ("commands", "torequest"), "confirm": ("commands", "toconfirm"),
+            "join": ("commands", "tojoin"), "subscribe": ("commands", "tojoin"),
+            "leave": ("commands", "toleave"), "unsubscribe": ("commands", "toleave"),
+            "bounces": ("bounces", None), "admin": ("bounces", None)}
+
+
+def nameless_gid(gid=54321):
+    """A gid /etc/group has no name for."""
+    while True:
+        try:
+            grp.getgrgid(gid)
+        except KeyError:
+            return gid
+        gid += 1
 
 FALLBACKS = {
     "installed": None,
@@ -86,7 +109,7 @@ def delivered_to(rcpt="test"):
 
 
 def expected_queue_file(message, rcpt="test", trace=TRACE):
-    """What lands in qfiles/in/: the From_ line, the trace header,
+    """What lands in the queue file: the From_ line, the trace header,
     Delivered-To, the rest."""
     end = message.index(b"\n") + 1 if message.startswith(b"From ") else 0
     eol = b"\r\n" if message[:end].endswith(b"\r\n") else b"\n"
@@ -131,6 +154,11 @@ def test_each_address_reaches_its_list_and_action(run_handler, config, mm2, sysl
     runs = mm2.runs()
     assert [run["argv"] for run in runs] == [[action, listname]]
     assert runs[0]["outcome"] == "queued"
+    queue, flag = QUEUE_OF[action]
+    [(path, _)] = mm2.queued()
+    assert os.path.basename(os.path.dirname(path)) == queue == runs[0]["queue"]
+    assert sorted(k for k in runs[0]["metadata"] if k.startswith("to")) == \
+        ([flag] if flag else [])
     [line] = delivery_lines(syslog_sink)
     assert re.fullmatch(
         r'sender=<alice@example\.org> recipient=%s list=%s action=%s '
@@ -355,14 +383,82 @@ def test_a_list_with_only_config_db_exists(run_handler, config, mm2):
     assert r.code == 0 and len(queued_bytes(mm2)) == 1
 
 
+# --- the stand-in on its own: the real wrapper's answers -------------------------------
+# (what tests/test_mailman2_real.py checks against the real one, here without root
+# or a Mailman build)
+
+def run_stand_in(mm2, args, message=b"From a@b Sun Nov 22 02:44:03 2026\n\nx\n"):
+    proc = subprocess.run([mm2.path] + args, input=message, capture_output=True,
+                          env={}, cwd="/", timeout=30)
+    return proc.returncode, proc.stderr.decode()
+
+
+@pytest.mark.parametrize("command, script", [
+    ("post", "post"), ("admin", "bounces"), ("bounces", "bounces"),
+    ("confirm", "confirm"), ("join", "join"), ("leave", "leave"),
+    ("owner", "mailowner"), ("request", "mailcmd"), ("subscribe", "join"),
+    ("unsubscribe", "leave")])
+def test_the_stand_in_names_its_script_as_the_real_one_does(mm2, command, script):
+    assert run_stand_in(mm2, [command, "nolist"]) == (
+        1, "%s script, list not found: nolist\n" % script)
+    assert run_stand_in(mm2, [command]) == (
+        1, "mailowner got no listname.\n" if script == "mailowner"
+        else "%s script got no listname.\n" % script)
+    assert mm2.queued() == []
+
+
+@pytest.mark.parametrize("name", ["TEST", "x!y", "t\xe9st", "a/b"])
+def test_the_stand_in_refuses_a_name_mailman2_does_not_accept(mm2, name):
+    mm2.add_list(name)                      # config.pck there all the same
+    assert run_stand_in(mm2, ["post", name]) == (
+        1, "post script, list not found: %s\n" % name)
+    assert mm2.queued() == []
+
+
+@pytest.mark.parametrize("filename", ["config.pck", "config.pck.last", "config.db",
+                                      "config.db.last"])
+def test_the_stand_in_sees_a_list_by_any_of_its_four_files(mm2, filename):
+    mm2.add_list("foo=bar.x+y_z", filename=filename)
+    assert run_stand_in(mm2, ["post", "foo=bar.x+y_z"]) == (0, "")
+    [(path, _)] = mm2.queued()
+    assert os.path.basename(os.path.dirname(path)) == "in"
+
+
+def test_the_stand_in_checks_the_callers_group_by_name(mm2):
+    gid = nameless_gid()
+    proc = subprocess.run([mm2.path, "post", "test"], input=b"x\n", capture_output=True,
+                          env={}, cwd="/", timeout=30, group=gid, extra_groups=[])
+    assert (proc.returncode, proc.stderr.decode()) == (8, (
+        "Failure to find group name for GID %d.  Mailman\n"
+        "expected the mail wrapper to be executed as group\n"
+        "\"root\", but the system's mail server executed the\n"
+        "wrapper as GID %d for which the name could not be\n"
+        "found.  Try adding GID %d to your system as \"root\",\n"
+        "or tweak your mail server to run the wrapper as group\n"
+        "\"root\".\n" % (gid, gid, gid)))
+    mm2.configure(group="0")                # configure makes a gid its name
+    assert run_stand_in(mm2, ["post", "test"]) == (0, "")
+    mm2.configure(group="mm-no-such-group")  # compiled in as given: a mismatch
+    assert run_stand_in(mm2, ["post", "test"]) == (2, (
+        'Group mismatch error.  Mailman expected the mail\n'
+        'wrapper script to be executed as group "mm-no-such-group", but\n'
+        'the system\'s mail server executed the mail script as\n'
+        'group "root".  Try tweaking the mail server to run the\n'
+        'script as group "mm-no-such-group", or re-run configure, \n'
+        'providing the command line option `--with-mail-gid=root\'.\n'))
+    assert len(mm2.queued()) == 1
+
+
 # --- every wrapper status maps as issue 2 says; nothing is lost ----------------------
 
 WRAPPER_STATUSES = [
     # (wrapper settings, reason in our line, the wrapper's words)
     ({"group": "nogroup"}, "wrapper exit 2: group mismatch: the mailer's U= group is "
      "not the group the wrapper was compiled for", "Group mismatch error."),
-    ({"group": "mm-no-such-group"}, "wrapper exit 8: the wrapper's mail group name "
-     "was not found", "Failure to find group name mm-no-such-group."),
+    # the real wrapper's exit 8: the mailer runs with a gid that has no name
+    ({"mailer_gid": "nameless"}, "wrapper exit 8: the mailer's gid has no group name "
+     "(check U= and /etc/group)", "Failure to find group name for GID %d.  Mailman "
+     "expected the mail wrapper to be executed as group \"root\"" % nameless_gid()),
     ({"fault": "exit", "code": 1}, "wrapper exit 1: the Mailman script failed "
      "(list missing or a Python error)", "injected fault: exit 1"),
     ({"fault": "exit", "code": 3}, "wrapper exit 3: setregid() failed",
@@ -393,10 +489,19 @@ WRAPPER_STATUSES = [
 
 @pytest.mark.parametrize("settings, reason, said", WRAPPER_STATUSES,
                          ids=[str(s) for s, _, _ in WRAPPER_STATUSES])
-def test_every_wrapper_failure_keeps_the_mail(run_handler, config, mm2, syslog_sink,
-                                              settings, reason, said):
-    mm2.configure(**settings)
-    r = run_handler([HOST, "test"], sample_message(body=b"q" * 200000), config())
+def test_every_wrapper_failure_keeps_the_mail(run_handler, handler, config, mm2,
+                                              syslog_sink, settings, reason, said):
+    settings = dict(settings)
+    message = sample_message(body=b"q" * 200000)
+    if settings.pop("mailer_gid", None):
+        # as root, but with a real (and effective) gid that has no name
+        from tests.conftest import Run
+        r = Run(subprocess.run([str(handler), "-C", str(config()), HOST, "test"],
+                               input=message, capture_output=True, env={}, cwd="/",
+                               timeout=120, group=nameless_gid(), extra_groups=[]))
+    else:
+        mm2.configure(**settings)
+        r = run_handler([HOST, "test"], message, config())
     assert r.code == 75, r
     line = "4.3.0 <test@%s>: %s" % (HOST, reason)
     assert r.stderr.startswith(line), r.stderr

@@ -1,22 +1,43 @@
 #!/usr/bin/python3 -IS
 """A stand-in for GNU Mailman 2's mail wrapper (``mail/mailman``) and scripts.
 
-Mailman 2 is Python 2 software and is not packaged for this machine, so the
-tests run this script in its place.  It follows
-``../shared/docs/mailman2-wrapper.md`` and the wrapper's C source
-(``src/mail-wrapper.c``, ``src/common.c``, ``scripts/post`` ...):
+The real Mailman 2 runs in tests/test_mailman2_real.py (it needs root and a
+build); everywhere else the tests run this script in its place.  It answers
+as the real wrapper does (tests/test_mailman2_real.py::
+test_the_stand_in_answers_as_the_real_wrapper compares the two) and follows
+``../shared/docs/mailman2-wrapper.md``, the wrapper's C source
+(``src/mail-wrapper.c``, ``src/common.c``) and its scripts
+(``scripts/post``, ``bounces``, ``owner``, ``request``, ``join`` ...):
 
     WRAPPER COMMAND LISTNAME   < message
 
 1. fewer than one argument                    -> exit 5 (MAIL_USAGE_ERROR)
 2. COMMAND not one of the ten known commands  -> exit 6 (MAIL_ILLEGAL_COMMAND)
-3. the mail group name cannot be resolved     -> exit 8 (GROUP_NAME_NOT_FOUND)
-4. the caller's real gid is not that group    -> exit 2 (GROUP_MISMATCH)
-5. then "the script" runs: no LISTS_DIR/<name>/config.pck (nor config.db)
-   -> exit 1 with "<command> script, list not found: <name>" on stderr;
-   otherwise the whole of stdin (From_ line included) is written into
-   QFILES/in/ as one file per message (atomically: .tmp then rename), and
-   the script exits 0.
+3. the caller's real gid has no group name    -> exit 8 (GROUP_NAME_NOT_FOUND)
+4. that name is not the compiled-in group     -> exit 2 (GROUP_MISMATCH)
+   (names are compared, as strcmp() does; the compiled-in group is a name:
+   configure turns a number into its name, and one it cannot find stays as
+   it was given)
+5. then "the script" runs (admin is the bounces script, subscribe join,
+   unsubscribe leave; owner calls itself "mailowner", request "mailcmd"):
+   - no LISTNAME -> exit 1, "<script> script got no listname."
+     ("mailowner got no listname." for owner);
+   - LISTNAME with a character outside [-+_.=a-z0-9] (upper case included:
+     nothing is lower-cased; Mailman logs "Hostile listname"), or no
+     LISTS_DIR/LISTNAME/ config.pck, config.pck.last, config.db nor
+     config.db.last -> exit 1, "<script> script, list not found: LISTNAME";
+   - otherwise the whole of stdin (From_ line included) is written, one
+     file per message (atomically: .tmp then rename), into its queue:
+
+       post  -> QFILES/in/        tolist      owner -> QFILES/in/  toowner
+       request -> QFILES/commands/ torequest  confirm -> commands/ toconfirm
+       join, subscribe -> commands/ tojoin    leave, unsubscribe -> commands/ toleave
+       admin, bounces -> QFILES/bounces/ (no flag)
+
+   and the script exits 0.  Nothing is read from stdin before that.
+
+Every fatal() message goes to stderr cut at 1023 bytes (the C vsnprintf
+into a 1024-byte buffer) and to the log file (the real one: syslog).
 
 Configuration comes from ``mailman2_wrapper.json`` in the directory that
 holds this script (tests copy the script into a private directory and write
@@ -24,12 +45,13 @@ the file next to it)::
 
     {"group": "root",                  # the compiled-in mail group (name or gid)
      "lists_dir": "/.../lists",        # LISTS_DIR
-     "qfiles_dir": "/.../qfiles",      # QUEUE_DIR; messages land in its in/
+     "qfiles_dir": "/.../qfiles",      # QUEUE_DIR: in/, commands/, bounces/
      "log": "/.../wrapper.log",        # optional: one JSON line per run
      "fault": null}                    # optional fault injection, see FAULTS
 
-Fault modes (for the fault matrix), applied after the argument and group
-checks pass, before stdin is read unless ``"after_read": true``:
+Fault modes (for the fault matrix: what the real wrapper cannot be made to
+do on demand), applied after the argument and group checks pass, before
+stdin is read unless ``"after_read": true``:
 
     {"fault": "exit", "code": N}            exit N (stderr says so)
     {"fault": "signal", "signal": 9}        kill itself with that signal
@@ -39,17 +61,23 @@ checks pass, before stdin is read unless ``"after_read": true``:
     {"fault": "linger", "seconds": S}       behave normally, but leave a child
                                             holding stdout/stderr open S seconds
 
+Exits 2 and 8 need no fault mode: run it with another group, or with a gid
+that has no name (``setpriv --regid=GID``, ``subprocess.run(group=GID)``).
+
 ``"started": PATH`` (optional) writes the pid to PATH once the argument and
 group checks pass, before any fault and before stdin is read, so that a
 test can act while the message is on its way.
 
-The log line records argv, real/effective gid, the outcome and the queue
-file, so that tests can check exactly what mm-handler ran.
+The log line records argv, real/effective gid, the outcome, the queue, the
+queue file and the metadata, so that tests can check exactly what
+mm-handler ran.
 """
 
+import grp
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -62,14 +90,27 @@ MAIL_USAGE_ERROR = 5
 MAIL_ILLEGAL_COMMAND = 6
 GROUP_NAME_NOT_FOUND = 8
 
+# src/common.c fatal(): vsnprintf() into char log_entry[1024]
+FATAL_BUFSIZE = 1024
+
 # src/mail-wrapper.c: the only commands the wrapper will run
 COMMANDS = ("admin", "bounces", "confirm", "join", "leave", "owner", "request",
             "post", "subscribe", "unsubscribe")
-# what each script puts into the metadata of the incoming queue entry
-METADATA = {"post": "tolist", "admin": "tobounce", "bounces": "tobounce",
-            "confirm": "toconfirm", "join": "tojoin", "leave": "toleave",
-            "owner": "toowner", "request": "torequest",
-            "subscribe": "tojoin", "unsubscribe": "toleave"}
+# scripts/Makefile.in: admin, subscribe, unsubscribe are copies of these
+SCRIPT = {"admin": "bounces", "subscribe": "join", "unsubscribe": "leave"}
+# each script: what it calls itself, its queue (mm_cfg.*QUEUE_DIR) and its flag
+SCRIPTS = {
+    "post": ("post", "in", "tolist"),
+    "owner": ("mailowner", "in", "toowner"),
+    "request": ("mailcmd", "commands", "torequest"),
+    "confirm": ("confirm", "commands", "toconfirm"),
+    "join": ("join", "commands", "tojoin"),
+    "leave": ("leave", "commands", "toleave"),
+    "bounces": ("bounces", "bounces", None),
+}
+# Defaults.py: ACCEPTABLE_LISTNAME_CHARACTERS; Utils.list_exists()
+ACCEPTABLE_LISTNAME_CHARACTERS = "[-+_.=a-z0-9]"
+LIST_FILES = ("config.pck", "config.pck.last", "config.db", "config.db.last")
 
 CONFIG_NAME = "mailman2_wrapper.json"
 
@@ -94,46 +135,61 @@ def log(config, **record):
 
 def fatal(config, code, text):
     """src/common.c fatal(): syslog (here: the log file), stderr, exit."""
-    log(config, outcome="exit %d" % code, stderr=text)
-    sys.stderr.write("%s\n" % text)
-    sys.stderr.flush()
+    data = text.encode("utf-8", "surrogateescape")[:FATAL_BUFSIZE - 1]
+    log(config, outcome="exit %d" % code,
+        stderr=data.decode("utf-8", "backslashreplace"))
+    os.write(2, data + b"\n")
     os._exit(code)
 
 
-def mail_gid(config, group):
-    if isinstance(group, int):
-        return group
-    if str(group).isdigit():
-        return int(group)
-    # /etc/group by hand: no import of grp needed, and the same answer
+def group_name(gid):
     try:
-        with open("/etc/group") as f:
-            for line in f:
-                parts = line.rstrip("\n").split(":")
-                if len(parts) >= 3 and parts[0] == group:
-                    return int(parts[2])
-    except OSError:
-        pass
-    fatal(config, GROUP_NAME_NOT_FOUND,
-          "Failure to find group name %s.  Try adding this group\n"
-          "to your system, or re-run configure, providing an\n"
-          "existing group name with the command line option\n"
-          "--with-mail-gid." % group)
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+def compiled_group(config):
+    """configure's MM_FIND_GROUP_NAME: a gid becomes its name; a name (or a
+    gid) it cannot find is compiled in as given."""
+    group = str(config.get("group", "root"))
+    if group.isdigit():
+        return group_name(int(group)) or group
+    return group
 
 
 def check_caller(config):
-    group = config.get("group", "root")
-    wanted = mail_gid(config, group)
-    got = os.getgid()
-    if got != wanted:
+    """src/common.c check_caller() for the mail wrapper."""
+    parentgroup = compiled_group(config)
+    mygid = os.getgid()
+    mygroup = group_name(mygid)
+    if mygroup is None:
+        fatal(config, GROUP_NAME_NOT_FOUND,
+              "Failure to find group name for GID %d.  Mailman\n"
+              "expected the mail wrapper to be executed as group\n"
+              "\"%s\", but the system's mail server executed the\n"
+              "wrapper as GID %d for which the name could not be\n"
+              "found.  Try adding GID %d to your system as \"%s\",\n"
+              "or tweak your mail server to run the wrapper as group\n"
+              "\"%s\"." % (mygid, parentgroup, mygid, mygid, parentgroup,
+                           parentgroup))
+    if parentgroup != mygroup:
         fatal(config, GROUP_MISMATCH,
-              'Group mismatch error.  Mailman expected the mail\n'
-              'wrapper script to be executed as group "%s", but\n'
-              'the system\'s mail server executed the mail script as\n'
-              'group "%s".  Try tweaking the mail server to run the\n'
-              'script as group "%s", or re-run configure,\n'
-              'providing the command line option `--with-mail-gid=%s\'.'
-              % (group, got, group, got))
+              "Group mismatch error.  Mailman expected the mail\n"
+              "wrapper script to be executed as group \"%s\", but\n"
+              "the system's mail server executed the mail script as\n"
+              "group \"%s\".  Try tweaking the mail server to run the\n"
+              "script as group \"%s\", or re-run configure, \n"
+              "providing the command line option `--with-mail-gid=%s'."
+              % (parentgroup, mygroup, parentgroup, mygroup))
+
+
+def list_exists(config, listname):
+    """Utils.list_exists(): an acceptable name and one of the config files."""
+    if re.sub(ACCEPTABLE_LISTNAME_CHARACTERS, "", listname):
+        return False                    # Mailman logs "Hostile listname"
+    path = os.path.join(config["lists_dir"], listname)
+    return any(os.path.exists(os.path.join(path, name)) for name in LIST_FILES)
 
 
 def read_stdin(limit=None):
@@ -150,14 +206,15 @@ def read_stdin(limit=None):
     return b"".join(parts)
 
 
-def enqueue(config, command, listname, text):
-    """Switchboard.enqueue(): one file per message in QFILES/in/, atomically."""
-    inq = os.path.join(config["qfiles_dir"], "in")
-    os.makedirs(inq, exist_ok=True)
+def enqueue(config, queue, listname, text):
+    """Switchboard.enqueue(): one file per message in QFILES/<queue>/
+    (made when missing, as Switchboard does), atomically."""
+    qdir = os.path.join(config["qfiles_dir"], queue)
+    os.makedirs(qdir, exist_ok=True)
     now = time.time()
-    digest = hashlib.sha1(text + repr((listname, command, now, os.getpid()))
-                          .encode()).hexdigest()
-    base = os.path.join(inq, "%r+%s" % (now, digest))
+    digest = hashlib.sha1(text + repr((listname, queue, now, os.getpid()))
+                          .encode("utf-8", "surrogateescape")).hexdigest()
+    base = os.path.join(qdir, "%r+%s" % (now, digest))
     with open(base + ".tmp", "wb") as f:
         f.write(text)
         f.flush()
@@ -202,18 +259,18 @@ def main():
         time.sleep(float(config["seconds"]))
 
     # --- the script (scripts/post, scripts/bounces, ...) ---------------------
+    script, queue, flag = SCRIPTS[SCRIPT.get(command, command)]
     if len(argv) < 3:
-        fatal(config, 1, "%s script got no listname." % command)
-    listname = argv[2].lower()
-    listdir = os.path.join(config["lists_dir"], listname)
-    if not (os.path.exists(os.path.join(listdir, "config.pck"))
-            or os.path.exists(os.path.join(listdir, "config.db"))):
-        fatal(config, 1, "%s script, list not found: %s" % (command, listname))
+        fatal(config, 1, "mailowner got no listname." if script == "mailowner"
+              else "%s script got no listname." % script)
+    listname = argv[2]
+    if not list_exists(config, listname):
+        fatal(config, 1, "%s script, list not found: %s" % (script, listname))
     if fault == "partial":
         text = read_stdin(int(config["bytes"]))
     else:
         text = read_stdin()
-    path = enqueue(config, command, listname, text)
+    path = enqueue(config, queue, listname, text)
     lingering = None
     if fault == "linger":
         lingering = os.fork()
@@ -222,12 +279,18 @@ def main():
             time.sleep(float(config["seconds"]))
             os._exit(0)
     extra = {} if lingering is None else {"lingering": lingering}
-    log(config, outcome="queued", queue_file=path, listname=listname,
-        metadata={METADATA[command]: 1}, size=len(text), **extra)
+    metadata = {"listname": listname, "_plaintext": 1}
+    if flag:
+        metadata[flag] = 1
+    log(config, outcome="queued", queue=queue, queue_file=path, listname=listname,
+        metadata=metadata, size=len(text), **extra)
     return 0
 
 
 # --- for the tests: install a private copy ------------------------------------
+
+QUEUES = ("in", "commands", "bounces")
+
 
 class Installed:
     """A private copy of this stand-in with its lists and queue directories.
@@ -235,7 +298,9 @@ class Installed:
     ``Installed(directory, lists=["test"])`` copies the script to
     ``directory/mail/mailman`` (mode 0755), makes ``directory/lists/<name>/
     config.pck`` for each list and writes the configuration next to the
-    script.  ``configure(fault=..., ...)`` changes it between runs.
+    script.  ``configure(fault=..., ...)`` changes it between runs.  The
+    queue directories under ``directory/qfiles`` are made by the first
+    message that goes there (by whoever runs the wrapper).
     """
 
     def __init__(self, directory, lists=(), group="root", **config):
@@ -270,20 +335,25 @@ class Installed:
             json.dump(self.config, f)
         os.rename(path + ".tmp", path)
 
-    def queued(self):
-        """Queue files in QFILES/in/, oldest first, as (path, bytes)."""
-        inq = os.path.join(self.qfiles_dir, "in")
-        if not os.path.isdir(inq):
-            return []
-        names = sorted(os.listdir(inq), key=lambda n: float(n.split("+")[0]))
+    def queued(self, queue=None):
+        """Queue files in QFILES/in/, commands/ and bounces/ (or only in
+        `queue`), oldest first, as (path, bytes); the queue of each is
+        os.path.basename(os.path.dirname(path))."""
+        found = []
+        for name in (QUEUES if queue is None else (queue,)):
+            qdir = os.path.join(self.qfiles_dir, name)
+            if os.path.isdir(qdir):
+                # every file, a left-over .tmp too: a test must see it
+                found += [(float(f.split("+")[0]), os.path.join(qdir, f))
+                          for f in os.listdir(qdir)]
         out = []
-        for name in names:
-            with open(os.path.join(inq, name), "rb") as f:
-                out.append((os.path.join(inq, name), f.read()))
+        for _, path in sorted(found):
+            with open(path, "rb") as f:
+                out.append((path, f.read()))
         return out
 
     def runs(self):
-        """One dict per wrapper run (argv, gid, outcome, ...)."""
+        """One dict per wrapper run (argv, gid, outcome, queue, metadata ...)."""
         if not os.path.exists(self.log_path):
             return []
         with open(self.log_path) as f:
