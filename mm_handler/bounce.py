@@ -310,7 +310,7 @@ def send_letter(settings, log, refusals, message):
     message.  The message must be spooled (it is read several times).
     Returns the Outcome that applies to each of `refusals`.
     """
-    names = ", ".join("<%s>" % r.recipient for r in refusals)
+    names = ", ".join(r.recipient for r in refusals)
     reasons = "; ".join(sorted(set(r.reason for r in refusals)))
     sender = refusals[0].sender
     head = b""

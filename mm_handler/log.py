@@ -53,7 +53,7 @@ class Syslog:
     """
 
     def __init__(self, path="", facility="mail"):
-        self.path = path or default_socket()
+        self.path = path        # "": the system's own, found at the first line
         self.facility = FACILITIES.get(facility, 2)
         self.sock = None
         self.failed = False
@@ -68,6 +68,7 @@ class Syslog:
             display(text, 1800))
         try:
             if self.sock is None:
+                self.path = self.path or default_socket()
                 self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
                 self.sock.settimeout(1.0)
                 self.sock.connect(self.path)

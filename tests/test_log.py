@@ -22,6 +22,10 @@ def test_the_default_socket_follows_the_platform(monkeypatch):
     monkeypatch.setattr(log.os.path, "exists", lambda p: False)
     assert log.default_socket() == "/dev/log"
     assert log.Syslog("/x/y").path == "/x/y"
+    lazy = log.Syslog()             # found at the first line, not before
+    assert lazy.path == ""
+    lazy.send(log.LOG_INFO, "x")
+    assert lazy.path == "/dev/log"
 
 
 def test_a_missing_socket_costs_nothing(tmp_path):
