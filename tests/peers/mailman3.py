@@ -338,3 +338,159 @@ def mm3_config(make_config, mm3):
             sections.setdefault(section, {}).update(keys)
         return make_config(sections)
     return make
+
+
+# -- all of Mailman 3: `mailman start` ----------------------------------------
+
+# The runners `mailman start` starts with Mailman 3.3.10's defaults (nntp,
+# bad and shunt are start: no); each logs "NAME runner started."
+SITE_RUNNERS = ("archive", "bounces", "command", "in", "lmtp", "out", "pipeline",
+                "rest", "retry", "task", "virgin", "digest")
+
+# The REST runner's gunicorn: without this it makes a control socket in the
+# runner's home ($HOME is not passed to runners: pwd's, /root), shared by
+# every site on the machine; a short graceful timeout keeps the stop quick.
+SITE_GUNICORN = """\
+[gunicorn]
+graceful_timeout = 1
+timeout = 60
+control_socket_disable = true
+"""
+
+
+class Mailman3Site(Mailman3Runner):
+    """All of Mailman 3 (`mailman start`: master and every runner, REST on
+    a port of its own) with its own config and var dir in `workdir`.
+
+    Outgoing mail goes to 127.0.0.1:`smtp_port` (a sink the caller runs).
+    The bounce runner polls every second, not every 2 minutes (its
+    default), so that a test sees its verdict.  `extra` is
+    {section: {key: value}} added to (or overriding) the config.
+    start() runs `mailman start` and waits for every runner; stop() sends
+    SIGTERM to the master's PID (from master.pid), waits until it and every
+    runner it had are gone, SIGKILL by PID to any left after the timeout.
+    """
+
+    def __init__(self, venv, workdir, port, smtp_port, rest_port=None, extra=None):
+        super().__init__(venv, workdir, port)
+        self.smtp_port = int(smtp_port)
+        self.rest_port = int(rest_port or free_port())
+        self.master_pid = None
+        self.runner_pids = []
+        gunicorn = self.workdir / "gunicorn.cfg"
+        gunicorn.write_text(SITE_GUNICORN)
+        sections = {
+            "mailman": {"site_owner": "postmaster@" + DOMAIN, "layout": "testing"},
+            "paths.testing": {"var_dir": str(self.var_dir)},
+            "mta": {"incoming": "mailman.mta.null.NullMTA",
+                    "lmtp_host": "127.0.0.1", "lmtp_port": str(self.port),
+                    "smtp_host": "127.0.0.1", "smtp_port": str(self.smtp_port)},
+            "webservice": {"hostname": "127.0.0.1", "port": str(self.rest_port),
+                           "workers": "1", "configuration": str(gunicorn)},
+            "runner.bounces": {"sleep_time": "1s"},
+        }
+        for section, keys in (extra or {}).items():
+            sections.setdefault(section, {}).update(keys)
+        self.config_path.write_text("".join(
+            "[%s]\n%s\n" % (section, "".join("%s: %s\n" % kv for kv in keys.items()))
+            for section, keys in sections.items()))
+        self.config_path.chmod(0o644)
+
+    def add_members(self, fqdn, *emails):
+        """`mailman addmembers -W` (no welcome message): subscribed at once."""
+        members = self.workdir / "members.txt"
+        members.write_text("".join(e + "\n" for e in emails))
+        self.mailman("addmembers", "-W", str(members), fqdn)
+
+    def log(self, name="mailman"):
+        path = self.var_dir / "logs" / ("%s.log" % name)
+        try:
+            return path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _children_of(pid):
+        """PIDs whose parent is `pid` (read from /proc)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                pids.append(int(entry))
+        return pids
+
+    @staticmethod
+    def _wait_gone(pids, timeout):
+        deadline = time.monotonic() + timeout
+        while any(os.path.exists("/proc/%d" % p) for p in pids):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def start(self, timeout=60):
+        if self.master_pid is not None:
+            return
+        # `mailman start` forks the master and returns; the master keeps
+        # whatever output it inherits: a file, never a pipe we wait on
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.run(self._mailman_argv("start"), stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT,
+                                  env=self._env(), timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError("mailman start failed (exit %d):\n%s"
+                               % (proc.returncode, self.log_tail()))
+        pid_file = self.var_dir / "master.pid"
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.master_pid is None and pid_file.exists():
+                    text = pid_file.read_text().strip()
+                    if text.isdigit():
+                        self.master_pid = int(text)
+                log = self.log()
+                missing = [r for r in SITE_RUNNERS if "%s runner started." % r not in log]
+                if self.master_pid and not missing and listening(self.port):
+                    break
+                if self.master_pid and not os.path.exists("/proc/%d" % self.master_pid):
+                    raise RuntimeError("Mailman's master exited:\n" + self.log_tail())
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Mailman not up after %ds (pid %s, waiting "
+                                       "for %s):\n%s" % (timeout, self.master_pid,
+                                                         missing, self.log_tail()))
+                time.sleep(0.1)
+            self.runner_pids = self._children_of(self.master_pid)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout=30):
+        pid, self.master_pid = self.master_pid, None
+        if pid is None:
+            return
+        pids = [pid]
+        for p in self.runner_pids + self._children_of(pid):
+            if p not in pids:
+                pids.append(p)
+        self.runner_pids = []
+        try:
+            os.kill(pid, signal.SIGTERM)    # the master stops its runners
+        except ProcessLookupError:
+            pass
+        if not self._wait_gone(pids, timeout):
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._wait_gone(pids, 5)
+
+    @property
+    def running(self):
+        return self.master_pid is not None and os.path.exists("/proc/%d" % self.master_pid)
