@@ -50,7 +50,7 @@ import chardet  # noqa: F401
 import mm_handler.check  # noqa: F401
 import mm_handler.lmtp  # noqa: F401
 import mm_handler.wrapper  # noqa: F401
-from mm_handler import address, bounce, cli
+from mm_handler import address, bounce, cli, log
 from mm_handler import envelope
 from mm_handler.envelope import MODE_OPTIONS, clean_sender
 
@@ -177,8 +177,11 @@ class Harness:
                         "bounce": {"sendmail": self.sendmail},
                     }))
                 self.configs[backend, policy] = path
+        # the system's syslog sockets: where a line goes before the config
+        # (and its syslog_socket) is read
         self.allowed_files = {self.spool, self.wrapper, self.sendmail, self.sink.path,
-                              bounce.DEFAULT_TEMPLATE} | set(self.configs.values())
+                              bounce.DEFAULT_TEMPLATE} | set(self.configs.values()) \
+            | set(log.SYSLOG_SOCKETS)
 
     def _script(self, name, line):
         path = os.path.join(self.root, name)
@@ -373,7 +376,8 @@ def check(h, backend, policy, sender, host, recipients, message, dot, r):
                      "os.startfile"):
             raise AssertionError("%s %r: %s" % (event, arg, where))
         if event == "socket.connect":
-            assert arg in (h.sink.path, "/dev/log", (h.server.host, h.server.port)), \
+            assert arg in (h.sink.path, (h.server.host, h.server.port)) + \
+                log.SYSLOG_SOCKETS, \
                 (event, arg, where)
             continue
         if isinstance(arg, int):
