@@ -96,6 +96,8 @@ def readings(recipient, default_domain):
     domain or detail fail the strict patterns are dropped: an empty result
     means "no such list".
     """
+    if not (recipient.isascii() and default_domain.isascii()):
+        return []       # "\u212aeys".lower() is "keys": no case folding into ASCII
     local, domain = split_recipient(recipient, default_domain)
     if not is_domain(domain) or not 0 < len(local) <= MAX_LOCAL:
         return []

@@ -129,27 +129,50 @@ def render_for_recipient(settings, recipient):
 
 AUTOMATIC_PRECEDENCE = ("bulk", "junk", "list")
 # RFC 2369 / 2919 headers: their presence makes a message list mail
-LIST_HEADERS = ("List-Id", "List-Unsubscribe", "List-Subscribe", "List-Post",
-                "List-Help", "List-Owner", "List-Archive")
+LIST_HEADERS = ("list-id", "list-unsubscribe", "list-subscribe", "list-post",
+                "list-help", "list-owner", "list-archive",
+                "mailing-list")     # ezmlm's, before RFC 2369
 
 
 def automatic_reason(header_bytes):
-    """Why a message must get no letter (it is automatic), or ''."""
-    from email.parser import BytesHeaderParser
-    headers = BytesHeaderParser().parsebytes(header_bytes)
-    auto = str(headers.get("Auto-Submitted", "")).strip().lower()
-    if auto and not auto.startswith("no"):
-        return "Auto-Submitted: " + display(auto, 40)
-    precedence = str(headers.get("Precedence", "")).strip().lower()
-    if precedence in AUTOMATIC_PRECEDENCE:
-        return "Precedence: " + precedence
-    for name in LIST_HEADERS:
-        if name in headers:
-            return "list mail (%s:)" % name
-    ctype = headers.get_content_type()
-    if ctype in ("multipart/report", "message/delivery-status"):
-        return "a delivery report (%s)" % ctype
+    """Why a message must get no letter (it is automatic or list mail), or ''.
+
+    Every occurrence of a header counts, names are compared without case or
+    the white space some senders put before the colon, and a value's
+    comment or parameters do not hide its first word.
+    """
+    for name, value in header_fields(header_bytes):
+        word = value.replace("(", " ").replace(";", " ").split()
+        word = word[0] if word else ""
+        if name == "auto-submitted" and word and word != "no":
+            return "Auto-Submitted: " + display(word, 40)
+        if name == "precedence" and word in AUTOMATIC_PRECEDENCE:
+            return "Precedence: " + word
+        if name in LIST_HEADERS:
+            return "list mail (%s:)" % display(name, 40)
+        if name == "content-type" and word in ("multipart/report",
+                                               "message/delivery-status"):
+            return "a delivery report (%s)" % word
     return ""
+
+
+def header_fields(header_bytes):
+    """(name, value) pairs, both lower-case and stripped, continuation
+    lines unfolded; a line with no colon is skipped, not taken for the
+    body (obsolete "Name :" forms are names too)."""
+    fields = []
+    for line in header_bytes.decode("latin-1").replace("\r\n", "\n").split("\n"):
+        if not line.strip():
+            if not line:
+                break           # the blank line that ends the headers
+            continue
+        if line[0] in " \t" and fields:
+            fields[-1][1] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        if colon:
+            fields.append([name.strip().lower(), value.strip().lower()])
+    return [tuple(f) for f in fields]
 
 
 def no_letter_reason(sender, header_bytes):
@@ -318,7 +341,13 @@ def send_letter(settings, log, refusals, message):
         head += data
         if len(head) >= MAX_HEADER_BLOCK or b"\n\n" in head or b"\r\n\r\n" in head:
             break
-    why_not = no_letter_reason(sender, _header_block(head))
+    block = _header_block(head)
+    if block is head and len(head) >= MAX_HEADER_BLOCK:
+        # the headers run on past what we read: a List-Id or Auto-Submitted
+        # may be further down, so no letter (no backscatter on a guess)
+        why_not = "a header block over %d bytes" % MAX_HEADER_BLOCK
+    else:
+        why_not = no_letter_reason(sender, block)
     if why_not:
         log.send(LOG_NOTICE, "no bounce for %s: %s" % (names, why_not))
         return Outcome(EX_OK, "refused (%s), no bounce: %s" % (reasons, why_not))

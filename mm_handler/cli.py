@@ -27,6 +27,7 @@ MAILMAN3_ACTION = {"admin": "bounces"}
 def main(argv=None):
     """Console entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    _standard_fds()
     log = Syslog()
     try:
         return _run(argv, log)
@@ -34,10 +35,26 @@ def main(argv=None):
         return _crash(exc, log)
 
 
+def _standard_fds():
+    """Open /dev/null on a closed fd 0, 1 or 2, so that no socket or pipe
+    of ours is ever taken for stdin, stdout or stderr."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:      # a lower fd was closed too: keep it as is
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def _run(argv, log):
     if argv[:1] == ["maps"]:
         from .maps import main as maps_main
         return maps_main(argv[1:])
+    if argv[:1] == ["socketmap"]:
+        from .socketmap import main as socketmap_main
+        return socketmap_main(argv[1:])
     try:
         inv = envelope.parse_argv(argv)
     except envelope.UsageError as exc:
@@ -234,7 +251,17 @@ class Delivery:
                 self._to_mailman3(deliverable)
             else:
                 self._to_mailman2(deliverable)
-        self._send_letter([r for r in recipients if r.refusal is not None])
+        refused = [r for r in recipients if r.refusal is not None]
+        if any(r.outcome is not None and is_temporary(r.outcome.code)
+               for r in recipients if r.refusal is None):
+            # the message comes back: one letter then, not one per retry
+            for r in refused:
+                r.outcome = Outcome(EX_TEMPFAIL, "%s; its bounce letter waits "
+                                    "until the other recipients are delivered"
+                                    % r.refusal.reason, r.outcome.reply)
+                r.refusal = None
+            return
+        self._send_letter(refused)
 
     def _readers(self, recipients, deliverable):
         """How many times the message will be read: more than once needs it
@@ -260,11 +287,20 @@ class Delivery:
             self._refuse(r, "unknown_list")
             return False
         approved = self.settings.get("mm-handler", "approved_actions")
+        refused = [t for t in found if t.action not in approved]
         r.candidates = [t for t in found if t.action in approved]
-        r.target = (r.candidates or found)[0]
+        if self.backend == "mailman3":
+            # Mailman 3 reads an LMTP address its own way: "test-owner" is
+            # the list test-owner if there is one, else test's owner.  An
+            # address that an unapproved reading shares is never sent.
+            shared = {self._lmtp_address(t) for t in refused}
+            r.candidates = [t for t in r.candidates
+                            if self._lmtp_address(t) not in shared]
         if not r.candidates:
+            r.target = refused[0]
             self._refuse(r, "unapproved_action")
             return False
+        r.target = r.candidates[0]
         return True
 
     def _refuse(self, r, kind, reply=""):

@@ -167,6 +167,76 @@ def _reject(text):
     return head + " " + message.strip()
 
 
+def _listen(text):
+    """Where `mm-handler socketmap` listens, in Sendmail's socket syntax:
+    ``unix:/path`` (or ``local:``), ``inet:PORT@ADDR``, ``inet6:PORT@ADDR``
+    (ADDR may be in brackets) -> ("unix", path) or (family, (addr, port))."""
+    family, colon, rest = text.partition(":")
+    family = family.lower()
+    if colon and family in ("unix", "local"):
+        if not rest.startswith("/") or any(c <= " " for c in rest):
+            raise ValueError("a unix socket needs an absolute path")
+        return ("unix", rest)
+    if colon and family in ("inet", "inet6"):
+        port, at, host = rest.partition("@")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if (at and host and port.isdigit() and port.isascii()
+                and 0 < int(port) < 65536
+                and all("!" <= c <= "~" and c not in "@[]" for c in host)):
+            return (family, (host, int(port)))
+    raise ValueError("must be unix:/path, inet:PORT@ADDR or inet6:PORT@ADDR "
+                     "(Sendmail's syntax)")
+
+
+def _account(text):
+    """Empty (leave it as created) or a user or group name or number."""
+    if text and not (len(text) <= 32 and text[0] != "-" and all(
+            c in _LOCAL_CHARS or c == "$" for c in text.lower())):
+        raise ValueError("must be empty or a user or group name or number")
+    return text
+
+
+def _mode(text):
+    """A file mode in octal, e.g. 0660."""
+    if not (text and text.isascii() and all(c in "01234567" for c in text)
+            and int(text, 8) <= 0o777):
+        raise ValueError("must be an octal mode such as 0660")
+    return int(text, 8)
+
+
+def _count(text):
+    value = int(text)
+    if not 0 < value <= 1000000:
+        raise ValueError("must be a whole number from 1 to 1000000")
+    return value
+
+
+def _request_size(text):
+    value = int(text)
+    if not 300 <= value <= 65536:
+        raise ValueError("must be a number of bytes from 300 (a Sendmail key "
+                         "is up to 256) to 65536")
+    return value
+
+
+def _seconds_or_never(text):
+    """0 (never) or a number of seconds up to a day."""
+    value = float(text)
+    if not 0 <= value <= 86400:
+        raise ValueError("must be 0 (never) or a number of seconds up to 86400")
+    return value
+
+
+def _map_names(text):
+    names = _words(text)
+    if not names or not all(n.isascii() and all(
+            c.isalnum() or c in "_.-" for c in n) for n in names):
+        raise ValueError("must be one or more Sendmail map names (letters, "
+                         "digits, _ . -)")
+    return frozenset(names)
+
+
 UNKNOWN_POLICIES = ("reject", "discard", "bounce")
 
 # section -> key -> (default text, parser)
@@ -208,6 +278,7 @@ SCHEMA = {
     },
     "maps": {
         "output_dir": ("/etc/mail/mm-handler", _absolute_path),
+        "sendmail_cf": ("/etc/mail/sendmail.cf", _absolute_path),
         "makemap": ("/usr/sbin/makemap", _absolute_path),
         "run_makemap": ("no", _boolean),
         "map_type": ("hash", _choice("hash", "btree", "cdb")),
@@ -220,6 +291,20 @@ SCHEMA = {
         "reject": ("error:5.1.1:550 No such list address here", _reject),
         "site_virtusertable": ("", _absolute_path),
         "site_mailertable": ("", _absolute_path),
+    },
+    # `mm-handler socketmap`: the live list lookup (README.sendmail, 11)
+    "socketmap": {
+        "listen": ("unix:/run/mm-handler/socketmap", _listen),
+        "socket_owner": ("", _account),
+        "socket_group": ("", _account),
+        "socket_mode": ("0666", _mode),
+        "map_names": ("mm_handler virtuser", _map_names),
+        "max_connections": ("4096", _count),
+        "max_request": ("1024", _request_size),
+        "request_timeout": ("10", _seconds),
+        "idle_timeout": ("0", _seconds_or_never),
+        "lookup_timeout": ("4", _seconds),
+        "lmtp_cache": ("5", _seconds_or_never),
     },
 }
 

@@ -70,6 +70,8 @@ KEY_HELP = {
     ("bounce", "personal_note"): "a line for the text; empty drops it.",
     ("maps", "output_dir"): "where mm-handler maps writes the Sendmail maps.",
     ("maps", "makemap"): "Sendmail's makemap.",
+    ("maps", "sendmail_cf"): "the sendmail.cf Sendmail reads; --check looks "
+                             "there for the maps and the mailer.",
     ("maps", "run_makemap"): "build the .db files too (as --makemap).",
     ("maps", "map_type"): "hash, btree or cdb.",
     ("maps", "domains"): "the list domains (Mailman 3 without the plug-in).",
@@ -84,6 +86,20 @@ KEY_HELP = {
                                     "in first.",
     ("maps", "site_mailertable"): "a site's own mailertable lines, merged in "
                                   "first.",
+    ("socketmap", "listen"): "where mm-handler socketmap listens: unix:/path, "
+                             "inet:PORT@ADDR or inet6:PORT@ADDR.",
+    ("socketmap", "socket_owner"): "the unix socket's owner; empty: as made.",
+    ("socketmap", "socket_group"): "the unix socket's group; empty: as made.",
+    ("socketmap", "socket_mode"): "the unix socket's mode, in octal.",
+    ("socketmap", "map_names"): "the Sendmail map names answered.",
+    ("socketmap", "max_connections"): "connections kept at most; more are "
+                                      "closed at once.",
+    ("socketmap", "max_request"): "the longest request, in bytes.",
+    ("socketmap", "request_timeout"): "seconds a request may take to arrive.",
+    ("socketmap", "idle_timeout"): "seconds an idle connection is kept; 0: "
+                                   "for ever.",
+    ("socketmap", "lookup_timeout"): "seconds for the LMTP server's answer.",
+    ("socketmap", "lmtp_cache"): "seconds an LMTP server's answer is kept.",
 }
 
 

@@ -64,7 +64,8 @@ def test_readings(recipient, expected):
     "a" * 10240, "test+" + "x" * 10240, "-request", "--help", "-C/etc/passwd",
     "test@", "test@-bad.example", "test@bad-.example", "test@lists..example",
     "test@exa mple", "test@" + "a" * 64 + ".example", "test@" + "a." * 127 + "a",
-    "test@ex\x00ample", "test@../../etc",
+    "test@ex\x00ample", "test@../../etc", "\u212aeys", "test@\u212a.example",
+    "TEST\u0130", "\uff54est",
 ])
 def test_hostile_recipients_have_no_reading(recipient):
     assert readings(recipient, HOST) == []

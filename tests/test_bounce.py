@@ -173,6 +173,15 @@ def test_original_above_the_limit_is_returned_as_headers_only():
     ("a@example.org", b"List-Unsubscribe: <mailto:x-leave@example.org>\n\n",
      "list mail"),
     ("a@example.org", b"List-Post: <mailto:x@example.org>\n\n", "list mail"),
+    # the review's cases: a comment, a second header, ezmlm's, a space
+    ("a@example.org", b"Precedence: bulk (comment)\n\n", "Precedence"),
+    ("a@example.org", b"Precedence: first-class\nPrecedence: junk\n\n", "Precedence"),
+    ("a@example.org", b"Auto-Submitted: no\nAuto-Submitted: auto-generated\n\n",
+     "Auto-Submitted"),
+    ("a@example.org", b"Auto-Submitted: Auto-Replied; owner-email=x@y\n\n",
+     "Auto-Submitted"),
+    ("a@example.org", b"Mailing-List: contact x-help@example.org\n\n", "list mail"),
+    ("a@example.org", b"List-Id : <x.example.org>\n\n", "list mail"),
 ])
 def test_loop_cases_get_no_letter(sender, headers, why):
     assert why in bounce.no_letter_reason(sender, headers)

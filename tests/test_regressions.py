@@ -314,3 +314,60 @@ def test_a_utf8_sender_reaches_mailman2_in_the_from_line(run_handler, mm2_config
     assert run.code == 0, run
     [queued] = [data for _, data in mm2.queued()]
     assert queued.startswith(("From %s " % sender).encode())
+
+
+# -- review A (after the fixes above): each reproduced, then fixed -----------------
+
+@pytest.mark.parametrize("local", ["test-owner", "test-request", "test-join",
+                                   "Test-Bounces+bob=example.org"])
+def test_without_var_dir_an_unapproved_action_is_never_sent_as_a_post(
+        run_handler, mm3_config, mm3, local):
+    """Mailman 3 reads "test-owner" as test's owner when no list of that
+    name exists: the whole-name reading must not smuggle it in."""
+    run = run_handler(["-r", SENDER, HOST, local], sample_message(),
+                      mm3_config(approved_actions="post"))
+    assert run.code == 67, run
+    assert 'takes no "' in run.stderr
+    assert mm3.queued() == {}
+
+
+def test_no_letter_while_another_recipient_is_kept_for_retry(run_handler, make_config,
+                                                             mm2, capture, tmp_path):
+    """The message comes back: a letter per retry would be backscatter."""
+    failing = tmp_path / "failing-wrapper"
+    failing.write_text("#!/bin/sh\ncat >/dev/null\nexit 1\n")
+    failing.chmod(0o755)
+    config = make_config({
+        "mm-handler": {"backend": "mailman2", "unknown_list": "bounce"},
+        "mailman2": {"wrapper": str(failing), "lists_dir": mm2.lists_dir},
+        "bounce": {"sendmail": str(capture)}})
+    for _ in range(2):
+        run = run_handler(["-r", SENDER, HOST, "nope", "test"], sample_message(), config)
+        assert run.code == 75, run
+    assert sent(capture) == []
+
+
+def test_a_header_block_too_long_to_read_gets_no_letter(run_handler, mm2_config,
+                                                        capture, syslog_sink):
+    extra = b"X-Big: " + b"y" * 600000 + b"\nList-Unsubscribe: <mailto:u@x>\n"
+    run = run_handler(["-r", SENDER, HOST, "nope"], sample_message(extra=extra),
+                      mm2_config(unknown_list="bounce"))
+    assert run.code == 0, run
+    assert sent(capture) == []
+    assert any("header block over" in m for m in syslog_sink.messages())
+
+
+def test_a_recipient_that_case_folds_into_ascii_is_no_list(run_handler, mm2_config, mm2):
+    run = run_handler(["-r", SENDER, HOST, "\u212aest"], sample_message(), mm2_config())
+    assert run.code == 67, run          # never the list "test", never a crash
+    assert "internal error" not in run.stderr
+    assert mm2.queued() == []
+
+
+def test_a_closed_stdin_never_hangs(handler, mm2_config, syslog_sink):
+    proc = subprocess.run(
+        [str(handler), "-C", str(mm2_config()), "-r", SENDER, HOST, "test"],
+        stdin=subprocess.DEVNULL, capture_output=True, env={}, cwd="/",
+        timeout=20, pass_fds=(), preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 75, proc
+    assert b"no message on standard input" in proc.stderr
