@@ -24,6 +24,12 @@ one, and a list whose creation was rolled back is not left in the maps.
 Orphan ``var/lists/<id>`` directories (a failed ``mailman create``) are
 never read: Mailman's list manager is the only source.
 
+A domain with an ``alias_domain`` (Mailman's IDomain; Postorius and the
+REST API set it, or ``mailman shell -r mm_handler.mailman3_mta.alias_domain
+DOMAIN ALIAS``) has every list address in the maps at the alias too,
+rewritten to the list's own domain: the mailer gets the real domain as $h
+and gives it to Mailman's LMTP server.
+
 ``configuration`` names mm-handler's configuration file; when it is not an
 absolute path (Mailman's default names the Postfix one), $MM_HANDLER_CONFIG
 or /etc/mm-handler.cfg is read.  The plug-in runs as Mailman's user: that
@@ -65,18 +71,31 @@ def mailman_domains():
     return [domain.mail_host for domain in getUtility(IDomainManager)]
 
 
+def mailman_alias_domains():
+    """{mail host: alias domain} of every domain that has one."""
+    return {domain.mail_host: domain.alias_domain
+            for domain in getUtility(IDomainManager)
+            if getattr(domain, "alias_domain", None)}
+
+
 def committed_lists_and_domains():
-    """The lists and domains as committed, read in a session of our own
-    (the caller's transaction has just ended)."""
+    """The lists, domains and alias domains as committed, read in a session
+    of our own (the caller's transaction has just ended)."""
     from mailman.model.domain import Domain
     from mailman.model.mailinglist import MailingList
     from sqlalchemy import select
     from sqlalchemy.orm import Session
+    alias = getattr(Domain, "alias_domain", None)     # Mailman 3.3.3 and later
     with Session(config.db.engine) as session:
         lists = session.execute(select(MailingList.list_name,
                                        MailingList.mail_host)).all()
-        domains = session.execute(select(Domain.mail_host)).scalars().all()
-    return [tuple(row) for row in lists], list(domains)
+        if alias is None:
+            rows = [(host, None) for host in session.execute(
+                select(Domain.mail_host)).scalars().all()]
+        else:
+            rows = session.execute(select(Domain.mail_host, alias)).all()
+    return ([tuple(row) for row in lists], [host for host, _ in rows],
+            {host: other for host, other in rows if other})
 
 
 @implementer(IMailTransportAgentLifecycle)
@@ -117,7 +136,8 @@ class Sendmail:
 
         def lists():                # called under the maps lock
             if committed:
-                found, read["domains"] = committed_lists_and_domains()
+                found, read["domains"], read["aliases"] = \
+                    committed_lists_and_domains()
             else:
                 found = mailman_lists()
             found = {(name.lower(), host.lower()) for name, host in found}
@@ -132,15 +152,22 @@ class Sendmail:
         def domains():              # called under the lock, after lists()
             return read["domains"] if committed else mailman_domains()
 
+        def aliases():              # called under the lock, after domains()
+            return read["aliases"] if committed else mailman_alias_domains()
+
         try:
             report = maps.write_maps(self.settings, lists, output_dir,
-                                     default_domains=domains)
+                                     default_domains=domains,
+                                     alias_domains=aliases)
         except maps.MapsError as exc:
             log.error("mm-handler plug-in: %s", exc)
             raise RuntimeError("mm-handler maps: %s" % exc) from None
         for address in report.tables.skipped:
             log.error("mm-handler plug-in: list %s is in none of the [maps] "
                       "domains: its mail is not routed by the maps", address)
+        for domain, alias, why in report.tables.ignored_aliases:
+            log.error("mm-handler plug-in: alias domain %r of %s is left out of "
+                      "the maps: %s", alias, domain, why)
         logging.getLogger("mailman.config").info("mm-handler plug-in: %s", report)
         return report
 
@@ -151,6 +178,46 @@ class Sendmail:
             self._write(committed=True)
         except Exception as exc:    # noqa: BLE001 - the transaction is over
             log.error("mm-handler plug-in: after the transaction: %s", exc)
+
+
+# -- alias domains from the command line --------------------------------------------
+
+def alias_domain(mail_host, alias=""):
+    """Give Mailman's domain MAIL_HOST the alias domain ALIAS (none when
+    ALIAS is empty or "-"), registering MAIL_HOST if Mailman does not know
+    it yet; then rewrite the MTA's maps.  Mailman's own CLI cannot set an
+    alias domain (Postorius and the REST API can)::
+
+        mailman shell -r mm_handler.mailman3_mta.alias_domain \\
+            lists.example.org lists.example.net
+
+    Mailman commits when the command ends; the maps are written before
+    that (this transaction sees the change) and, with this plug-in, once
+    more after the commit.
+    """
+    from mailman.utilities.modules import call_name
+    from .address import is_domain
+    mail_host = mail_host.strip().lower()
+    alias = "" if alias.strip() == "-" else alias.strip().lower()
+    for name in (mail_host, alias):
+        if name and not is_domain(name):
+            raise SystemExit("alias_domain: %r is no domain name" % name)
+    if alias == mail_host:
+        raise SystemExit("alias_domain: a domain cannot be its own alias")
+    manager = getUtility(IDomainManager)
+    domain = manager.get(mail_host)
+    if domain is None:
+        domain = manager.add(mail_host)
+    for other in manager:
+        if alias and other.mail_host == alias:
+            raise SystemExit("alias_domain: %s is a Mailman domain itself"
+                             % alias)
+    domain.alias_domain = alias or None
+    print("%s: alias domain %s" % (mail_host, alias or "(none)"))
+    plugin = call_name(config.mta.incoming)
+    plugin.regenerate()
+    if isinstance(plugin, Sendmail):
+        _when_transaction_ends(plugin)
 
 
 # -- after the transaction ---------------------------------------------------------

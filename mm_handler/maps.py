@@ -179,7 +179,8 @@ class Tables:
     site's own sources, read here when not given.
     """
 
-    def __init__(self, settings, lists, default_domains=(), site=None):
+    def __init__(self, settings, lists, default_domains=(), site=None,
+                 aliases=None):
         maps = settings["maps"]
         self.pseudo = maps["pseudo_domain"]
         self.mailer = maps["mailer"]
@@ -201,6 +202,25 @@ class Tables:
                             if is_list_name(n) and d in domains)
         self.skipped = sorted("%s@%s" % pair for pair in pairs
                               if pair[1] not in domains or not is_list_name(pair[0]))
+        # Alias domains (Mailman 3's IDomain.alias_domain): {list domain:
+        # alias}.  Every address of the domain is served at the alias too,
+        # rewritten to the list domain's pseudo-domain address, so that the
+        # mailer still gets the real list domain as $h.  An alias that is a
+        # list domain itself is served as that, not as an alias.
+        self.alias_of = {}
+        self.ignored_aliases = []       # [(domain, alias, why)]
+        for domain, alias in sorted((aliases or {}).items()):
+            domain, alias = domain.lower(), (alias or "").lower()
+            if domain not in domains:
+                continue                # not a list domain: nothing to alias
+            why = ("not a domain name" if not is_domain(alias) else
+                   "a list domain itself" if alias in domains else
+                   "already the alias of another domain"
+                   if alias in self.alias_of.values() else None)
+            if why:
+                self.ignored_aliases.append((domain, alias, why))
+            else:
+                self.alias_of[domain] = alias
         if site is None:
             site = read_site_maps(settings)
         self.site_virtusertable, self.site_mailertable = site
@@ -219,15 +239,18 @@ class Tables:
 
         for key, value in self.site_virtusertable:
             add(key, value)
-        for domain in self.domains:
+        served = self.domains + sorted(self.alias_of.values())
+        for domain in served:
             for role in self.roles:
                 add("%s@%s" % (role, domain), self.role_target or role)
         for name, domain in self.lists:
             for local in list_locals(name, self.actions):
-                add("%s@%s" % (local, domain),
-                    "%s%%3@%s.%s" % (local, domain, self.pseudo))
+                for where in (domain, self.alias_of.get(domain)):
+                    if where:
+                        add("%s@%s" % (local, where),
+                            "%s%%3@%s.%s" % (local, domain, self.pseudo))
         if self.reject:
-            for domain in self.domains:
+            for domain in served:
                 add("@" + domain, self.reject)
         return [(key, entries[key]) for key in order]
 
@@ -236,7 +259,10 @@ class Tables:
         order = []
         for key, value in self.site_mailertable + [
                 ("." + self.pseudo, "%s:%%1" % self.mailer)] + [
-                (d, "%s:%s" % (self.mailer, d)) for d in self.domains]:
+                (d, "%s:%s" % (self.mailer, d)) for d in self.domains] + [
+                # an alias domain: the mailer gets the list domain as $h
+                (a, "%s:%s" % (self.mailer, d)) for d, a in sorted(
+                    self.alias_of.items())]:
             if key.lower() not in entries:
                 entries[key.lower()] = value
                 order.append(key.lower())
@@ -249,10 +275,13 @@ class Tables:
 
     def summary(self):
         n_lists = len({n for n, _ in self.lists})
-        return "%d list address%s of %d list%s in %d domain%s" % (
+        n_alias = len(self.alias_of)
+        return "%d list address%s of %d list%s in %d domain%s%s" % (
             self.list_addresses, "" if self.list_addresses == 1 else "es",
             n_lists, "" if n_lists == 1 else "s",
-            len(self.domains), "" if len(self.domains) == 1 else "s")
+            len(self.domains), "" if len(self.domains) == 1 else "s",
+            " (and %d alias domain%s)" % (n_alias, "" if n_alias == 1 else "s")
+            if n_alias else "")
 
     def sources(self):
         """{file name: text} for every map source."""
@@ -263,7 +292,8 @@ class Tables:
             "virtusertable": table("virtusertable", self.virtusertable()),
             "mailertable": table("mailertable", self.mailertable()),
             # a class file: one name a line, nothing else
-            "virtuser-domains": "".join(d + "\n" for d in self.domains),
+            "virtuser-domains": "".join(d + "\n" for d in self.domains + sorted(
+                self.alias_of.values())),
         }
 
 
@@ -615,12 +645,13 @@ def _lexists(name, dir_fd):
 
 
 def write_maps(settings, lists, output_dir=None, run_makemap=None,
-               default_domains=()):
+               default_domains=(), alias_domains=None):
     """Write every map source (and .db with makemap) atomically, under the lock.
 
-    `lists` ([(name, domain)]) and `default_domains` may be functions: they
-    are then called under the lock, so that the list set is the one of the
-    moment the maps are written.  Returns a Report.  MapsError on failure
+    `lists` ([(name, domain)]), `default_domains` and `alias_domains`
+    ({list domain: alias domain}, Mailman 3's) may be functions: they are
+    then called under the lock, in that order, so that the list set is the
+    one of the moment the maps are written.  Returns a Report.  MapsError on failure
     (Unsafe when the directory, the lock or a final name is not what it
     should be); whatever was there before stays in place when a step fails.
     """
@@ -638,7 +669,9 @@ def write_maps(settings, lists, output_dir=None, run_makemap=None,
             out.check_entries(finals)
             tables = Tables(settings, lists() if callable(lists) else lists,
                             default_domains() if callable(default_domains)
-                            else default_domains, site)
+                            else default_domains, site,
+                            alias_domains() if callable(alias_domains)
+                            else alias_domains)
             sources = tables.sources()
             work = Workspace(out)
             try:

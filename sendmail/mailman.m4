@@ -23,8 +23,13 @@ dnl #                          e.g. `mm-handler -C /etc/mm-handler.cfg $h $u'
 dnl #    MAILMAN_MAILER_USER   the user:group it runs as (U=); it must be able to
 dnl #                          run the program and its Python, and read the
 dnl #                          configuration file; for Mailman 2 the group must be
-dnl #                          the one the wrapper was compiled for
-dnl #                          default: `list:list' (Debian's Mailman user)
+dnl #                          the one the wrapper was compiled for.  A user of
+dnl #                          its own that owns nothing: no file Sendmail reads
+dnl #                          (the maps belong to Mailman's user) may be
+dnl #                          writable by it
+dnl #                          default: `mm-handler:list' (adduser --system
+dnl #                          --ingroup list mm-handler; list is the mail group
+dnl #                          of Debian's Mailman 2)
 dnl #    MAILMAN_MAILER_FLAGS  the flags (F=)
 dnl #                          default: `rDFMhlqSu'
 dnl #                          r  pass the envelope sender as -r SENDER
@@ -53,7 +58,7 @@ ifdef(`MAILMAN_MAILER_PATH',,
 ifdef(`MAILMAN_MAILER_ARGS',,
 	`define(`MAILMAN_MAILER_ARGS', `mm-handler $h $u')')
 ifdef(`MAILMAN_MAILER_USER',,
-	`define(`MAILMAN_MAILER_USER', `list:list')')
+	`define(`MAILMAN_MAILER_USER', `mm-handler:list')')
 _DEFIFNOT(`MAILMAN_MAILER_FLAGS', `rDFMhlqSu')
 define(`_MAILMAN_QGRP', `ifelse(defn(`MAILMAN_MAILER_QGRP'),`',`', ` Q=MAILMAN_MAILER_QGRP,')')
 ifdef(`_MAILER_mailman_',,

@@ -6,12 +6,13 @@ installed in a private copy of /usr/share/sendmail/cf/mailer/.
 """
 
 import ast
-import pwd
+import grp
 import re
 
 import pytest
 
-from tests.peers.sendmail import KIT, LIST_DOMAIN, SendmailHost, write_handler_config
+from tests.peers.sendmail import (KIT, LIST_DOMAIN, MAILER_GROUP, MAILER_UID,
+                                  SendmailHost, write_handler_config)
 
 HOST = LIST_DOMAIN
 
@@ -76,13 +77,16 @@ def test_kit_mc_builds_cleanly_with_the_documented_mailer(kit, handler):
     assert err == ""
     f = fields(mailer_line(cf))
     assert f == {"P": str(handler), "F": "rDFMhlqSu", "S": "EnvFromL",
-                 "R": "EnvToL/HdrToL", "U": "list:list", "T": "DNS/RFC822/X-Unix",
-                 "A": "mm-handler -C %s $h $u" % kit.config}
+                 "R": "EnvToL/HdrToL", "U": "mm-handler:list",
+                 "T": "DNS/RFC822/X-Unix", "A": "mm-handler -C %s $h $u" % kit.config}
     # the parts of the .mc the README relies on
     assert re.search(r"^Kmailertable hash .*/etc/mail/mailertable", cf, re.M)
     assert re.search(r"^Kvirtuser hash -o /etc/mail/mm-handler/virtusertable$",
                      cf, re.M)
     assert re.search(r"^C\{VirtHost\}lists\.example\.org$", cf, re.M)
+    # ...and every list domain and alias domain the maps name
+    assert re.search(r"^F\{VirtHost\}-o /etc/mail/mm-handler/virtuser-domains$",
+                     cf, re.M)
     assert re.search(r"^CPINVALID$", cf, re.M)
     assert re.search(r"^O DontProbeInterfaces=True$", cf, re.M)
     assert re.search(r"^DMlists\.example\.org$", cf, re.M)       # masquerading
@@ -93,7 +97,7 @@ def test_mailer_defaults_without_any_define(kit):
     assert err == ""
     assert fields(mailer_line(cf)) == {
         "P": "/opt/mm-handler/bin/mm-handler", "F": "rDFMhlqSu", "S": "EnvFromL",
-        "R": "EnvToL/HdrToL", "U": "list:list", "T": "DNS/RFC822/X-Unix",
+        "R": "EnvToL/HdrToL", "U": "mm-handler:list", "T": "DNS/RFC822/X-Unix",
         "A": "mm-handler $h $u"}
 
 
@@ -174,7 +178,7 @@ def test_the_mailer_gets_the_documented_argv(kit, public_tmp):
     cf, _ = build(kit, kit.kit_mc())
     where = public_tmp / "sendmail-kit" / "recorder"
     where.mkdir(exist_ok=True)
-    where.chmod(0o777)          # the mailer runs as "list"
+    where.chmod(0o777)          # the mailer runs as "mm-handler"
     recorder = where / "record.py"
     recorder.write_text("#!/usr/bin/python3 -IS\nimport os, sys\n"
                         "sys.stdin.buffer.read()\n"
@@ -194,7 +198,8 @@ def test_the_mailer_gets_the_documented_argv(kit, public_tmp):
     # flag r puts -r SENDER first, before the A= words; $u keeps its case
     assert argv == ["-r", "alice@example.org", "-C", str(kit.config), HOST,
                     "Test-Bounces+Bob=Example.NET"]
-    assert (uid, gid) == (pwd.getpwnam("list").pw_uid, pwd.getpwnam("list").pw_gid)
+    # U=mm-handler:list: a user of its own, in Mailman 2's mail group
+    assert (uid, gid) == (MAILER_UID, grp.getgrnam(MAILER_GROUP).gr_gid)
     # only AGENT=sendmail (Python adds LC_CTYPE itself: PEP 538 locale coercion)
     assert set(env) - {"LC_CTYPE"} == {"AGENT"}
 

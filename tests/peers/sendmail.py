@@ -17,6 +17,11 @@ exactly as README.sendmail says (m4 mailman.mc > /etc/mail/sendmail.cf) with
 only two paths substituted: the mm-handler program and its configuration
 file.  Its host name, lists.example.org, is used as it is.
 
+The kit's mailer runs as U=mm-handler:list, a user this machine may not
+have: the namespace then gets a private /etc/passwd that adds it
+(MAILER_UID), or, with `etc=` (a copy_etc() copy bound over /etc), the
+copy's passwd does.
+
 `SendmailHost` is the MTA: build the .cf, install maps and aliases, submit
 messages (-odi / -odq), run the queue (-qf), list it (-bp), talk SMTP on
 stdin (-bs), test addresses (-bv, -bt).  DSNs and postmaster copies go to a
@@ -53,6 +58,45 @@ LIST_DOMAIN = "lists.example.org"          # the kit's own example name, unchang
 CAPTURE_DOMAIN = "capture.test"            # aliases send local mail here
 SENDER_DOMAIN = "example.org"              # DSNs to senders are captured too
 SYSTEM_PYTHON = "/usr/bin/python3"
+# The kit's mailer user (sendmail/mailman.m4: U=mm-handler:list): a user of
+# its own, in the group of Mailman 2's wrapper.  Where this machine has no
+# such user, every namespace here gets a private /etc/passwd that adds it
+# (MAILER_UID), as `adduser --system --ingroup list mm-handler` would.
+MAILER_USER = "mm-handler"
+MAILER_GROUP = "list"
+
+
+def _mailer_uid():
+    import pwd
+    try:
+        return pwd.getpwnam(MAILER_USER).pw_uid
+    except KeyError:
+        used = {p.pw_uid for p in pwd.getpwall()}
+        return next(uid for uid in range(150, 1000) if uid not in used)
+
+
+MAILER_UID = _mailer_uid()
+
+
+def mailer_passwd(directory):
+    """A copy of /etc/passwd with the mailer's user added, to bind over
+    /etc/passwd in a namespace; None when this machine has the user."""
+    import grp
+    import pwd
+    try:
+        pwd.getpwnam(MAILER_USER)
+        return None
+    except KeyError:
+        pass
+    path = Path(directory) / "passwd"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = Path("/etc/passwd").read_text()
+    if not text.endswith("\n"):
+        text += "\n"
+    path.write_text(text + "%s:x:%d:%d::/nonexistent:/usr/sbin/nologin\n" % (
+        MAILER_USER, MAILER_UID, grp.getgrnam(MAILER_GROUP).gr_gid))
+    path.chmod(0o644)
+    return path
 
 # The holder: set the namespace up, say "ready", then wait for stdin to close.
 HOLDER = r"""
@@ -87,6 +131,16 @@ sys.stdin.read()
 """
 
 
+def copy_etc(target):
+    """A private copy of this machine's /etc (``cp -a``, ~4 MB) for a
+    Namespace(etc=...): inside, /etc is the copy, so `adduser`, /etc/mail,
+    /etc/mm-handler.cfg and /etc/mailman3 change the copy only."""
+    target = Path(target)
+    subprocess.run(["cp", "-a", "/etc", str(target)], check=True)
+    target.chmod(0o755)
+    return target
+
+
 class Namespace:
     """A private net + mount + uts namespace, held open by a process.
 
@@ -96,8 +150,12 @@ class Namespace:
     """
 
     def __init__(self, workdir, hostname=HOSTNAME, binds=(), dev_log=None,
-                 addresses=(), other_names=(SENDER_DOMAIN, CAPTURE_DOMAIN)):
+                 addresses=(), other_names=(SENDER_DOMAIN, CAPTURE_DOMAIN),
+                 etc=None):
         self.workdir = Path(workdir)
+        # a private copy of the whole /etc (see copy_etc), bound over /etc
+        # before anything else: users added inside stay in the copy
+        self.etc = Path(etc) if etc else None
         self.other_names = list(other_names)
         self.hostname = hostname
         self.binds = [(str(s), str(t)) for s, t in binds]
@@ -109,8 +167,11 @@ class Namespace:
         self.workdir.mkdir(parents=True, exist_ok=True)
         dev = self.workdir / "dev"
         dev.mkdir(exist_ok=True)
-        etc = self.workdir / "etc"
+        etc = self.etc or self.workdir / "etc"
         etc.mkdir(exist_ok=True)
+        for name in ("hosts", "resolv.conf"):
+            if (etc / name).is_symlink():
+                (etc / name).unlink()
         (etc / "hosts").write_text(
             "127.0.0.1\t%s %s localhost localhost.localdomain\n"
             "::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -123,8 +184,11 @@ class Namespace:
         (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
         for name in ("hosts", "resolv.conf"):
             (etc / name).chmod(0o644)
-        binds = [(etc / "hosts", "/etc/hosts"),
-                 (etc / "resolv.conf", "/etc/resolv.conf")] + self.binds
+        if self.etc:
+            binds = [(self.etc, "/etc")] + self.binds
+        else:
+            binds = [(etc / "hosts", "/etc/hosts"),
+                     (etc / "resolv.conf", "/etc/resolv.conf")] + self.binds
         spec = {"hostname": self.hostname, "dev": str(dev),
                 "dev_log": self.dev_log, "addresses": self.addresses,
                 "binds": [(str(s), str(t)) for s, t in binds]}
@@ -257,7 +321,7 @@ class SendmailHost:
     """
 
     def __init__(self, workdir, handler, config, syslog=None, maps_dir=None,
-                 addresses=()):
+                 addresses=(), etc=None):
         self.root = Path(workdir)
         self.extra_m4 = ""          # more test-only m4, after the capture mailer
         self.handler = Path(handler)
@@ -278,6 +342,10 @@ class SendmailHost:
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o755)
         self.queue_dir.chmod(0o700)
+        # /var/mail as Debian has it (root:mail, 3777): mail.local's lock files
+        import grp
+        os.chown(self.root / "var-mail", 0, grp.getgrnam("mail").gr_gid)
+        (self.root / "var-mail").chmod(0o3777)
         (self.root / "run-sendmail" / "mta").mkdir(exist_ok=True)
         (self.root / "var-lib-sendmail" / "host_status").mkdir(exist_ok=True)
         for path in (self.maps_dir, self.capture_dir):
@@ -290,9 +358,18 @@ class SendmailHost:
         self.capture_script.chmod(0o755)
         binds = [(self.root / name, target) for name, target in dirs.items()]
         binds.append((self.maps_dir, "/etc/mail/mm-handler"))
+        if etc is not None:
+            # a private /etc (copy_etc): the mailer's user goes into its passwd
+            passwd = mailer_passwd(self.root / "etc")
+            if passwd:
+                shutil.copy(passwd, Path(etc) / "passwd")
+        else:
+            passwd = mailer_passwd(self.root / "etc")
+            if passwd:
+                binds.append((passwd, "/etc/passwd"))
         self.ns = Namespace(self.root / "ns", binds=binds,
                             dev_log=syslog.path if syslog else None,
-                            addresses=addresses)
+                            addresses=addresses, etc=etc)
 
     # -- set-up --------------------------------------------------------------
 
@@ -535,11 +612,13 @@ def mailman2_host(root, handler, lists, mailman2=None):
     root = Path(root)
     root.mkdir()
     root.chmod(0o755)
-    wrapper = Installed(root / "mailman", lists=list(lists), group="list")
-    # the wrapper's scripts write as the mailer's user, like Mailman 2's
+    wrapper = Installed(root / "mailman", lists=list(lists), group=MAILER_GROUP)
+    # the wrapper's scripts write as the mailer (U=mm-handler:list), like
+    # Mailman 2's setgid ones: through the group
     for path in (wrapper.qfiles_dir, os.path.join(wrapper.qfiles_dir, "in")):
         os.makedirs(path, exist_ok=True)
         os.chown(path, list_user.pw_uid, list_user.pw_gid)
+        os.chmod(path, 0o2775)
     open(wrapper.log_path, "a").close()
     os.chmod(wrapper.log_path, 0o666)
     maps_dir = root / "maps"
@@ -576,7 +655,7 @@ class Mailman3Site:
     """
 
     def __init__(self, workdir, handler, mailman_venv, lists=("test",),
-                 handler_sections=None, plugin=True):
+                 handler_sections=None, plugin=True, etc=None):
         from tests.peers.mailman3 import Mailman3Runner
         self.root = Path(workdir)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -594,15 +673,16 @@ class Mailman3Site:
             sections.setdefault(section, {}).update(keys)
         write_handler_config(self.config, sections)
         self.sendmail = SendmailHost(self.root / "sendmail", handler, self.config,
-                                     syslog=self.sink, maps_dir=self.maps_dir)
+                                     syslog=self.sink, maps_dir=self.maps_dir,
+                                     etc=etc)
         self.lists = list(lists)
         self.plugin = plugin
         self.mailman = None
         self._runner_class = Mailman3Runner
         self.mailman_venv = mailman_venv
 
-    def start(self):
-        self.sendmail.start()
+    def start(self, mc_text=None):
+        self.sendmail.start(mc_text=mc_text)
         ns = self.sendmail.ns
         self.mailman = self._runner_class(
             self.mailman_venv, self.root / "mailman", LMTP_PORT,
