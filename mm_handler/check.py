@@ -588,7 +588,7 @@ class SendmailSide:
         if not present:
             self.f.say("sendmail: no maps in %s ([maps] output_dir): the Sendmail "
                        "side is not checked (a site without mm-handler's SMTP-time "
-                       "maps, or before README.sendmail step 3c)" % self.out_dir)
+                       "maps, or before README.sendmail step 3g)" % self.out_dir)
             return
         self.f.say("sendmail: maps in %s: %s" % (self.out_dir, " ".join(present)))
         self.read_cf()
@@ -652,7 +652,7 @@ class SendmailSide:
         except FileNotFoundError:
             self.f.fail("sendmail.cf %s does not exist: Sendmail is not set up to "
                         "use the maps in %s" % (self.cf_path, self.out_dir),
-                        "build it: m4 mailman.mc > %s (README.sendmail step 3f), or "
+                        "build it: m4 mailman.mc > %s (README.sendmail step 3b), or "
                         "set [maps] sendmail_cf to the .cf Sendmail reads"
                         % self.cf_path)
             return
@@ -747,7 +747,9 @@ class SendmailSide:
                 gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
         except (KeyError, ValueError):
             self.f.fail("mailer %s: U=%s: no such user or group" % (name, user_spec),
-                        self.cf_fix("define(`MAILMAN_MAILER_USER', `list:list')"))
+                        "create it (adduser --system --ingroup list mm-handler, "
+                        "README.sendmail step 2) or " +
+                        self.cf_fix("define(`MAILMAN_MAILER_USER', `USER:GROUP')"))
             return
         if os.geteuid() != 0:
             self.f.say("mailer %s: whether U=%s can run it is not checked (not root)"

@@ -14,7 +14,7 @@ usage: mm-handler [-C FILE] [--dry-run] [-r SENDER] HOST RECIPIENT [RECIPIENT...
        mm-handler maps [-C FILE] [--output DIR] [--makemap]
 
 Sendmail runs it from a mailer definition such as
-  Mmailman, P=/usr/local/bin/mm-handler, F=rDFMhlqSu, U=list:list,
+  Mmailman, P=/opt/mm-handler/bin/mm-handler, F=rDFMhlqSu, U=mm-handler:list,
             S=EnvFromL, R=EnvToL/HdrToL, A=mm-handler $h $u
 with the message on standard input.  Exit status: 0 delivered, 75 kept for
 retry, 67 no such list.  Configuration: -C FILE, else $MM_HANDLER_CONFIG,
