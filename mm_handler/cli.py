@@ -133,11 +133,11 @@ def _drain_stdin():
     I/O error instead of the exit status it chose.
     """
     try:
-        if os.isatty(0):
-            return
-        while envelope.read_chunk(0):
-            pass
+        if not os.isatty(0):
+            envelope.drain(0)
     except OSError:
+        pass
+    except Interrupted:     # a signal while we wait: we are done anyway
         pass
 
 
@@ -475,7 +475,10 @@ class Delivery:
         if self.inv.dry_run:
             sys.stdout.write("exit status: %d\n" % code)
         elif self.message is not None:
-            self.message.drain()
+            try:
+                self.message.drain()
+            except Interrupted:
+                pass
         else:
             _drain_stdin()
         return code

@@ -69,6 +69,12 @@ def _absolute_path(text):
     return text
 
 
+def _program(text):
+    if not text.startswith("/"):
+        raise ValueError("must be the absolute path of a program")
+    return text
+
+
 def _endpoint(item):
     """``host:port``, ``[v6]:port`` or ``unix:/path`` -> (family, address)."""
     if item.startswith("unix:"):
@@ -256,7 +262,7 @@ SCHEMA = {
                                             "local5", "local6", "local7")),
     },
     "mailman2": {
-        "wrapper": ("/usr/lib/mailman/mail/mailman", _absolute_path),
+        "wrapper": ("/usr/lib/mailman/mail/mailman", _program),
         "lists_dir": ("/var/lib/mailman/lists", _absolute_path),
         "timeout": ("300", _seconds),
     },
@@ -268,7 +274,7 @@ SCHEMA = {
     "bounce": {
         "template": ("", _absolute_path),
         "template_charset": ("", str),
-        "sendmail": ("/usr/sbin/sendmail", _absolute_path),
+        "sendmail": ("/usr/sbin/sendmail", _program),
         "max_original": ("131072", _size),
         "postmaster": ("", str),
         "listinfo_url": ("", str),
@@ -279,7 +285,7 @@ SCHEMA = {
     "maps": {
         "output_dir": ("/etc/mail/mm-handler", _absolute_path),
         "sendmail_cf": ("/etc/mail/sendmail.cf", _absolute_path),
-        "makemap": ("/usr/sbin/makemap", _absolute_path),
+        "makemap": ("/usr/sbin/makemap", _program),
         "run_makemap": ("no", _boolean),
         "map_type": ("hash", _choice("hash", "btree", "cdb")),
         "domains": ("", _domains),
@@ -303,7 +309,7 @@ SCHEMA = {
         "max_request": ("1024", _request_size),
         "request_timeout": ("10", _seconds),
         "idle_timeout": ("0", _seconds_or_never),
-        "lookup_timeout": ("4", _seconds),
+        "lookup_timeout": ("3", _seconds),
         "lmtp_cache": ("5", _seconds_or_never),
     },
 }

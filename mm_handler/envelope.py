@@ -278,18 +278,34 @@ class Message:
 
     def drain(self):
         """Read what Sendmail still writes, so that it never sees EPIPE."""
-        if self._eof or self.fd is None:
-            return
-        try:
-            while read_chunk(self.fd):
-                pass
-        except OSError:
-            pass
-        self._eof = True
+        if not self._eof:
+            drain(self.fd)
+            self._eof = True
 
     def close(self):
         if self._spool is not None:
             self._spool.close()
+
+
+DRAIN_SECONDS = 30
+
+
+def drain(fd, seconds=DRAIN_SECONDS):
+    """Read and drop what is left on `fd`, for at most `seconds`: a writer
+    that exits before it is read makes Sendmail report an I/O error instead
+    of our exit status; one that never stops writing cannot hold us."""
+    import select
+    import time
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return
+            if not os.read(fd, CHUNK):
+                return
+    except (OSError, ValueError):   # closed, not selectable, EAGAIN...
+        return
 
 
 def read_chunk(fd):

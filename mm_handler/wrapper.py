@@ -90,31 +90,46 @@ def run(program, argv, environ, chunks, timeout, cwd=None, limit=OUTPUT_LIMIT):
     """
     deadline = time.monotonic() + timeout
     fds = {}        # our descriptors by role; closed in the finally
-    pid = None
-    alive = False
+    started = []    # the pid, set while signals are still blocked
+    reaped = False
     sigchld = _sigchld_default()
     try:
-        pid = _start(program, argv, environ, cwd, fds)
-        alive = True
+        _start(program, argv, environ, cwd, fds, started)
+        pid = started[0]
         status, wrote_all, output = _feed(pid, fds, chunks, deadline, limit)
-        alive = False
+        reaped = True
+        if not wrote_all:
+            # the child is gone, but a process it left in its group may
+            # still hold the pipe: it must not read end of file now
+            _killpg(pid)
         if "out_r" in fds:
             output += _drain(fds["out_r"], limit - len(output))
-        _close(fds, "stdin_w")          # the child is reaped: no EOF to read
+        _close(fds, "stdin_w")
         return Finished(status=status, wrote_all=wrote_all, pid=pid,
                         unread=_unread(fds["stdin_r"]), output=bytes(output))
     finally:
-        if alive:
-            _kill(pid)                  # before stdin_w is closed below
+        if started and not reaped:
+            _kill(started[0])           # before stdin_w is closed below
+        elif started and "stdin_w" in fds:
+            _killpg(started[0])
         for role in list(fds):
             _close(fds, role)
         if sigchld:
             _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
 
 
-def _start(program, argv, environ, cwd, fds):
+def _killpg(pgid):
+    """SIGKILL what is left of a reaped child's process group."""
+    try:
+        os.killpg(pgid, _signal.SIGKILL)
+    except OSError:             # no one left (ESRCH), or not ours
+        pass
+
+
+def _start(program, argv, environ, cwd, fds, started):
     """Pipes and the child, with every signal blocked so that no handler
-    can raise between the spawn and the moment its pid is known."""
+    can raise between the spawn and the moment its pid is in `started`
+    (a handler that runs as the mask is restored finds it there)."""
     mask = getattr(_signal, "pthread_sigmask", None)
     old = None
     if mask is not None:
@@ -123,12 +138,11 @@ def _start(program, argv, environ, cwd, fds):
         try:
             fds["stdin_r"], fds["stdin_w"] = _pipe()
             fds["out_r"], fds["out_w"] = _pipe()
-            pid = _spawn(program, argv, environ, cwd, fds["stdin_r"],
-                         fds["out_w"], old)
+            started.append(_spawn(program, argv, environ, cwd, fds["stdin_r"],
+                                  fds["out_w"], old))
         except OSError as exc:
             raise SpawnError(exc.errno, exc.strerror, program) from None
         _close(fds, "out_w")
-        return pid
     finally:
         if mask is not None:
             mask(_signal.SIG_SETMASK, old)

@@ -134,7 +134,7 @@ def test_syntax_errors_name_the_line(text, problem):
      "[mm-handler] spool_dir = 'tmp': must be an absolute path"),
     ("[mm-handler]\nsyslog_facility = kern\n", "[mm-handler] syslog_facility = 'kern'"),
     ("[mailman2]\nwrapper = mail/mailman\n",
-     "[mailman2] wrapper = 'mail/mailman': must be an absolute path"),
+     "[mailman2] wrapper = 'mail/mailman': must be the absolute path of a program"),
     ("[mailman2]\nlists_dir = lists\n", "[mailman2] lists_dir = 'lists': must be an absolute path"),
     ("[mailman2]\ntimeout = 0\n", "[mailman2] timeout = '0': must be a number of seconds"),
     ("[mailman3]\ntimeout = -5\n", "[mailman3] timeout = '-5'"),

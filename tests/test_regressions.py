@@ -371,3 +371,64 @@ def test_a_closed_stdin_never_hangs(handler, mm2_config, syslog_sink):
         timeout=20, pass_fds=(), preexec_fn=lambda: os.close(0))
     assert proc.returncode == 75, proc
     assert b"no message on standard input" in proc.stderr
+
+
+# -- review B: each reproduced, then fixed ----------------------------------------
+
+def test_a_wrapper_that_exits_leaving_a_reader_never_gives_it_end_of_file(
+        run_handler, make_config, mm2, tmp_path):
+    """The wrapper forks a helper into its process group and exits 0: the
+    helper must not read a clean end of file after a fragment."""
+    got = tmp_path / "fragment"
+    forking = tmp_path / "forking-wrapper"
+    forking.write_text("#!/bin/sh\n(sleep 0.3; cat > %s.tmp && mv %s.tmp %s) &\n"
+                       "exit 0\n" % (got, got, got))
+    forking.chmod(0o755)
+    config = make_config({"mm-handler": {"backend": "mailman2"},
+                          "mailman2": {"wrapper": str(forking),
+                                       "lists_dir": mm2.lists_dir}})
+    run = run_handler(["-r", SENDER, HOST, "test"], big_message(size=1024 * 1024),
+                      config)
+    assert run.code == 75, run
+    time.sleep(1.0)
+    assert not got.exists()
+
+
+def test_a_stalled_sendmail_after_the_outcome_holds_us_for_a_bounded_time(
+        handler, mm2_config, mm2):
+    """After the outcome, stdin is drained for Sendmail's sake, for a while."""
+    from mm_handler import envelope
+    r, w = os.pipe()
+    start = time.monotonic()
+    envelope.drain(r, seconds=0.5)
+    assert 0.4 < time.monotonic() - start < 2
+    os.close(r)
+    os.close(w)
+
+
+def test_an_empty_wrapper_path_is_a_configuration_error(run_handler, make_config, mm2):
+    config = make_config({"mm-handler": {"backend": "mailman2"},
+                          "mailman2": {"wrapper": "", "lists_dir": mm2.lists_dir}})
+    run = run_handler(["-r", SENDER, HOST, "test"], sample_message(), config)
+    assert run.code == 75, run
+    assert "wrapper" in run.stderr and "internal error" not in run.stderr
+
+
+def test_a_signal_while_the_wrapper_starts_never_leaves_it_reading(handler, mm2_config,
+                                                                   mm2, tmp_path):
+    """strace delivers SIGTERM during the second pipe2() of the spawn, while
+    signals are blocked: the handler runs as they are unblocked, and the
+    wrapper (already started) must be killed before its stdin closes."""
+    message = big_message(size=200 * 1024)
+    src = tmp_path / "msg"
+    src.write_bytes(message)
+    with open(src, "rb") as stdin:
+        proc = subprocess.run(
+            ["strace", "-qq", "-o", "/dev/null", "-e", "trace=pipe2",
+             "-e", "inject=pipe2:signal=SIGTERM:when=2",
+             str(handler), "-C", str(mm2_config()), "-r", SENDER, HOST, "test"],
+            stdin=stdin, capture_output=True, env={}, cwd="/", timeout=60)
+    assert proc.returncode == 75, proc
+    assert b"interrupted by signal 15" in proc.stderr
+    time.sleep(0.5)
+    assert mm2.queued() == []
