@@ -6,7 +6,7 @@ VENV := .venv
 MAILMAN_VENV := .venv-mailman
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: test test-suite test-portable test-pythons demo bench fuzz wheelhouse clean
+.PHONY: test peers test-suite test-portable test-pythons demo bench fuzz wheelhouse clean
 
 # The delivery tests, run again where they must hold on every platform and
 # every supported Python.
@@ -21,7 +21,11 @@ AS_ANOTHER_USER := tests/test_mailman2_real.py
 PYTHONS ?= 3.9 3.10 3.12 3.13
 PYENV_VERSIONS ?= /root/.pyenv/versions
 
-test: test-suite test-portable test-pythons
+test: peers test-suite test-portable test-pythons
+
+# Sendmail, m4, strace, man and the real Mailman 2 (root; no-op once there)
+peers:
+	bash tests/peers/install-peers.sh
 
 test-suite: $(VENV)/.ready $(MAILMAN_VENV)/.ready
 	$(VENV)/bin/python -m pytest -p no:cacheprovider tests
