@@ -47,7 +47,7 @@ import stat
 import sys
 
 from . import registry
-from .address import ACTIONS, is_domain, is_list_name
+from .address import ACTIONS, is_domain, is_list_name, readings
 from .config import ConfigError, config_path, load
 from .log import LOG_ERR, LOG_INFO, Syslog
 from .status import (EX_CANTCREAT, EX_CONFIG, EX_OK, EX_SOFTWARE,
@@ -169,6 +169,70 @@ def lists_from_settings(settings):
     return list_reader(settings)()
 
 
+# -- what the virtusertable says for one key ---------------------------------------
+
+class Virtuser:
+    """The value the generated virtusertable gives for one key, or None.
+
+    The one place that decides it: `mm-handler maps` writes a row for every
+    key it has a value for (Tables.virtusertable), and `mm-handler
+    socketmap` answers Sendmail's lookups with it, one key at a time.  Pure:
+    whether list NAME exists in DOMAIN is the caller's `exists(name,
+    domain)`, asked only for safe names (address.readings) in a list domain.
+
+    The first that has the key wins: the site's own entries (`site_rows`,
+    the first of a repeated key), the role addresses of each list domain,
+    every address of an approved action of a list (``LOCAL%3@DOMAIN.PSEUDO``),
+    the catch-all ``@DOMAIN`` ([maps] reject, when not empty).  An alias
+    domain (`aliases`, {list domain: alias}) has the same keys, valued as in
+    its list domain.  Keys are compared lower-cased, as Sendmail folds them.
+    """
+
+    def __init__(self, settings, domains, site_rows=(), aliases=None):
+        maps = settings["maps"]
+        self.pseudo = maps["pseudo_domain"]
+        self.roles = frozenset(maps["roles"])
+        self.role_target = maps["role_target"]
+        self.reject = maps["reject"]
+        self.actions = settings.get("mm-handler", "approved_actions")
+        self.home = {domain: domain for domain in domains}
+        for domain, alias in (aliases or {}).items():
+            self.home.setdefault(alias, domain)
+        self.site = {}
+        for key, value in site_rows:
+            self.site.setdefault(key.lower(), value)
+
+    def value(self, key, exists):
+        key = key.lower()
+        if key in self.site:
+            return self.site[key]
+        local, at, domain = key.rpartition("@")
+        home = self.home.get(domain) if at else None
+        if home is None:
+            return None
+        if not local:
+            return self.reject or None
+        if local in self.roles:
+            return self.role_target or local
+        if self.is_list_address(local, home, exists):
+            return "%s%%3@%s.%s" % (local, home, self.pseudo)
+        return None
+
+    def is_list_address(self, local, domain, exists):
+        """LOCAL@DOMAIN is an address of an approved action of a list that
+        `exists`."""
+        return any(exists(name, domain)
+                    for name in self.candidates(local, domain))
+
+    def candidates(self, local, domain):
+        """The lists LOCAL@DOMAIN would be an approved address of, in the
+        order address.readings gives them (none with a +detail)."""
+        if "+" in local:
+            return ()
+        return tuple(t.name for t in readings(local + "@" + domain, domain)
+                     if t.action in self.actions)
+
+
 # -- the map sources ---------------------------------------------------------------
 
 class Tables:
@@ -181,6 +245,7 @@ class Tables:
 
     def __init__(self, settings, lists, default_domains=(), site=None,
                  aliases=None):
+        self.settings = settings
         maps = settings["maps"]
         self.pseudo = maps["pseudo_domain"]
         self.mailer = maps["mailer"]
@@ -228,31 +293,30 @@ class Tables:
                                   for n, _ in self.lists)
 
     def virtusertable(self):
-        entries = {}
-        order = []
-
-        def add(key, value):
-            key = key.lower()
-            if key not in entries:
-                entries[key] = value
-                order.append(key)
-
-        for key, value in self.site_virtusertable:
-            add(key, value)
+        """(key, value) rows: each key Virtuser has a value for, in the
+        order site entries, roles, list addresses, catch-alls."""
+        rules = Virtuser(self.settings, self.domains, self.site_virtusertable,
+                         self.alias_of)
+        pairs = set(self.lists)
         served = self.domains + sorted(self.alias_of.values())
+        keys = [key for key, _ in self.site_virtusertable]
         for domain in served:
-            for role in self.roles:
-                add("%s@%s" % (role, domain), self.role_target or role)
+            keys.extend("%s@%s" % (role, domain) for role in self.roles)
         for name, domain in self.lists:
             for local in list_locals(name, self.actions):
-                for where in (domain, self.alias_of.get(domain)):
-                    if where:
-                        add("%s@%s" % (local, where),
-                            "%s%%3@%s.%s" % (local, domain, self.pseudo))
+                keys.extend("%s@%s" % (local, where) for where in (
+                    domain, self.alias_of.get(domain)) if where)
         if self.reject:
-            for domain in served:
-                add("@" + domain, self.reject)
-        return [(key, entries[key]) for key in order]
+            keys.extend("@" + domain for domain in served)
+        rows, seen = [], set()
+        for key in keys:
+            key = key.lower()
+            if key not in seen:
+                seen.add(key)
+                value = rules.value(key, lambda n, d: (n, d) in pairs)
+                if value is not None:
+                    rows.append((key, value))
+        return rows
 
     def mailertable(self):
         entries = {}

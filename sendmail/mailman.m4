@@ -44,6 +44,19 @@ dnl #                          all recipients of a list domain; one exit status
 dnl #                          then applies to all of them)
 dnl #    MAILMAN_MAILER_MAX    the largest message accepted (M=, bytes), if set
 dnl #    MAILMAN_MAILER_QGRP   a queue group for this mailer (Q=), if set
+dnl #    MAILMAN_SOCKETMAP     the live list lookup instead of the generated
+dnl #                          virtusertable (README.sendmail, section 11): where
+dnl #                          `mm-handler socketmap' listens, in Sendmail's own
+dnl #                          syntax, e.g. `unix:/run/mm-handler/socketmap' or
+dnl #                          `inet:8025@127.0.0.1'.  Every address in the
+dnl #                          virtuser domains (VIRTUSER_DOMAIN[_FILE]) and in
+dnl #                          class w is then looked up there, key by key as
+dnl #                          FEATURE(`virtusertable') looks it up, and that
+dnl #                          feature's own table is no longer read.  A lookup
+dnl #                          that fails (server down, restarting, slow) is a
+dnl #                          451 4.3.0 at RCPT: never a 5xx, never a bounce later
+dnl #    MAILMAN_SOCKETMAP_TIMEOUT  seconds to wait for an answer (the map's -d)
+dnl #                          default: 5
 dnl #
 dnl #  Route the list domain to it in the mailertable:
 dnl #
@@ -63,6 +76,35 @@ _DEFIFNOT(`MAILMAN_MAILER_FLAGS', `rDFMhlqSu')
 define(`_MAILMAN_QGRP', `ifelse(defn(`MAILMAN_MAILER_QGRP'),`',`', ` Q=MAILMAN_MAILER_QGRP,')')
 ifdef(`_MAILER_mailman_',,
 	`define(`_MAILER_mailman_', `')define(`_MAILER_DEFINED_', `1')')
+ifdef(`MAILMAN_SOCKETMAP', `_DEFIFNOT(`MAILMAN_SOCKETMAP_TIMEOUT', `5')dnl
+undefine(`_VIRTUSER_TABLE_')dnl
+PUSHDIVERT(6)
+# mm-handler socketmap: the live list lookup.  No -o: a server that cannot
+# be reached makes every lookup fail, and -T makes a failed one KEY<TMPF>.
+Kmm_handler socket -T<TMPF> -d`'MAILMAN_SOCKETMAP_TIMEOUT MAILMAN_SOCKETMAP
+POPDIVERT
+PUSHDIVERT(3)
+# mm-handler socketmap: the virtuser domains (and class w) are looked up
+# live, key by key as the virtusertable feature looks them up; a failed
+# lookup answers 451 at RCPT
+R$+ < @ $={VirtHost} >	$: $1 < @ $2 . >
+R$+	$: <!> $1
+R<!> $+ < @ $={VirtHost} . >	$: < $(mm_handler $1 @ $2 $@ $1 $: @ $) > $1 < @ $2 . >
+R<!> $+ < @ $=w . >	$: < $(mm_handler $1 @ $2 $@ $1 $: @ $) > $1 < @ $2 . >
+R<@> $+ + $+ < @ $* . >	$: < $(mm_handler $1 + + @ $3 $@ $1 $@ $2 $@ +$2 $: @ $) > $1 + $2 < @ $3 . >
+R<@> $+ + $* < @ $* . >	$: < $(mm_handler $1 + * @ $3 $@ $1 $@ $2 $@ +$2 $: @ $) > $1 + $2 < @ $3 . >
+R<@> $+ + $* < @ $* . >	$: < $(mm_handler $1 @ $3 $@ $1 $@ $2 $@ +$2 $: @ $) > $1 + $2 < @ $3 . >
+R<@> $+ + $+ < @ $+ . >	$: < $(mm_handler + + @ $3 $@ $1 $@ $2 $@ +$2 $: @ $) > $1 + $2 < @ $3 . >
+R<@> $+ + $* < @ $+ . >	$: < $(mm_handler + * @ $3 $@ $1 $@ $2 $@ +$2 $: @ $) > $1 + $2 < @ $3 . >
+R<@> $+ + $* < @ $+ . >	$: < $(mm_handler @ $3 $@ $1 $@ $2 $@ +$2 $: ! $) > $1 + $2 < @ $3 . >
+R<@> $+ < @ $+ . >	$: < $(mm_handler @ $2 $@ $1 $: @ $) > $1 < @ $2 . >
+R< $* <TMPF> > $*	$#error $@ 4.3.0 $: "451 Temporary failure of the list lookup. Please try again later."
+R<@> $+	$: $1
+R<!> $+	$: $1
+R< error : $-.$-.$- : $+ > $*	$#error $@ $1.$2.$3 $: $4
+R< error : $- $+ > $*	$#error $@ $(dequote $1 $) $: $2
+R< $+ > $+ < @ $+ >	$@ $>Recurse $1
+POPDIVERT')
 POPDIVERT
 PUSHDIVERT(7)
 dnl ###########################################
