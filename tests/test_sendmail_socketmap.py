@@ -19,11 +19,9 @@ import pwd
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from mm_handler import maps
 from mm_handler.config import validate
 from tests.conftest import dsn_message, render_config
 from tests.peers.sendmail import (LIST_DOMAIN, SENDMAIL, Mailman3Site, SendmailHost,
@@ -409,3 +407,78 @@ def test_real_mailman2_newlist_answered_at_once_rmlist_refused(
             live.stop()
         host.stop()
         sink.close()
+
+
+# -- the same routing as the generated maps, address by address ------------------------
+
+SITE = ("info@%(d)s\tpeople@capture.test\n"
+        "test-owner@%(d)s\tthe-owner@capture.test\n"       # wins over the list's
+        "special+vip@%(d)s\tvip%%3@capture.test\n"          # keys Sendmail asks
+        "news++@%(d)s\tdetail-%%2@capture.test\n"           # for a +detail
+        "+*@other.%(d)s\tcatch-%%1@capture.test\n"
+        "@other.%(d)s\terror:5.1.1:550 Not here either\n")
+
+
+def test_live_lookup_routes_exactly_as_the_generated_maps(public_tmp, handler,
+                                                           sendmail_binary):
+    """`sendmail -bv` for addresses of every kind, once with the kit's .mc
+    reading the maps `mm-handler maps` wrote, once with the switch on: the
+    same mailer, host and user (the +detail as sent), the same refusals."""
+    from tests.peers.sendmail import MAKEMAP
+    root = public_tmp / "socketmap-same-routing"
+    root.mkdir()
+    root.chmod(0o755)
+    lists_dir = root / "lists"
+    for name in ("test", "news", "news-bounces", "owner-foo", "foo"):
+        (lists_dir / name).mkdir(parents=True)
+        (lists_dir / name / "config.pck").write_bytes(b"")
+    (root / "site").write_text(SITE % {"d": HOST})
+    config = write_handler_config(root / "mm-handler.cfg", {
+        "mm-handler": {"backend": "mailman2", "syslog_socket": "/dev/log"},
+        "mailman2": {"lists_dir": str(lists_dir)},
+        "maps": {"domains": "%s other.%s" % (HOST, HOST), "output_dir": str(root / "maps"),
+                 "makemap": MAKEMAP, "site_virtusertable": str(root / "site")},
+        "socketmap": {"listen": LISTEN}})
+    (root / "maps").mkdir()
+    host = SendmailHost(root / "sendmail", handler, config, maps_dir=root / "maps")
+    live = None
+    addresses = ["%s@%s" % (local, domain) for domain in (HOST, "other." + HOST)
+                 for local in (
+        "test", "Test", "test-request", "TEST-Bounces+Bob=Example.NET",
+        "test-confirm+0123ABCDEF", "owner-test", "test-owner", "test-admin",
+        "test+x", "test+", "+test", "news-bounces", "news-bounces+x",
+        "news-bounces-bounces", "owner-foo", "foo-owner", "owner-foo-request",
+        "news+detail", "news+", "special+vip", "special+other", "special",
+        "info", "Info+x", "nolist", "nolist+x", "test-foo", "postmaster",
+        "abuse+x", "root")] + ["someone@elsewhere.example", "root@" + HOSTNAME_W]
+    try:
+        host.start()
+        run = host.ns.run([str(handler), "maps", "-C", str(config), "--makemap"])
+        assert run.returncode == 0, run
+        host.build_cf()
+        with_maps = [host.verify(a) for a in addresses]
+        host.build_cf(live_mc(host))
+        live = LiveServer(host, handler, config).start()
+        with_live = [host.verify(a) for a in addresses]
+    finally:
+        if live is not None:
+            live.stop()
+        host.stop()
+    assert with_live == with_maps
+    # and the comparison covers every kind of outcome
+    said = dict(zip(addresses, with_live))
+    for address, end in (
+            ("TEST-Bounces+Bob=Example.NET@" + HOST,
+             "mailer mailman, host %s, user test-bounces+Bob=Example.NET" % HOST),
+            ("test-owner@" + HOST, "mailer capture, host capture.test, user the-owner"),
+            ("news+detail@" + HOST, "user detail-detail"),         # news++@ and %2
+            ("special+vip@" + HOST, "user vip"),                    # exact key, %3 empty
+            ("Info+x@other." + HOST, "user catch-Info"),            # +*@ and %1
+            ("nolist+x@" + HOST, "No such list address here"),
+            ("info@other." + HOST, "Not here either"),
+            ("postmaster@" + HOST, "user postmaster"),
+            ("+test@" + HOST, "No such list address here")):
+        assert said[address].strip().endswith(end), (address, said[address])
+
+
+HOSTNAME_W = "mx.example.test"

@@ -567,3 +567,44 @@ def test_the_service_files_start_the_server_where_the_defaults_listen():
     text = script.read_text()
     assert "socketmap -C ${mm_handler_socketmap_config}" in text
     assert 'rundir:="/var/run/mm-handler"' in text
+
+
+def test_inet_listen_and_sighup_reads_the_configuration_again(handler, tmp_path,
+                                                               syslog_sink):
+    from tests.peers.mailman3 import free_port
+    lists_dir = tmp_path / "lists"
+    make_mailman2_lists(lists_dir, ["test"])
+    port = free_port()
+    sections = mailman2_sections(lists_dir, syslog_sink.path, maps={"domains": D1},
+                                 socketmap={"listen": "inet:%d@127.0.0.1" % port})
+    server = MapServer(handler, tmp_path, sections)
+    server.path = tmp_path / "unused"
+    with open(server.log, "ab") as log:
+        server.proc = subprocess.Popen(
+            [str(handler), "socketmap", "-C", str(server.config)], env={},
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.proc.poll() is None
+                time.sleep(0.02)
+        client = Client.__new__(Client)
+        client.sock, client.buf = sock, b""
+        assert client.ask("test@" + D1).startswith("OK ")
+        assert client.ask("test@" + D2) == "NOTFOUND"
+        sections["maps"]["domains"] = "%s %s" % (D1, D2)
+        server.config.write_text(render_config(sections))
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while client.ask("test@" + D2) == "NOTFOUND":   # the same connection
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.ask("@" + D2).startswith("OK error:")
+    finally:
+        server.stop()
+    assert "configuration read again" in "\n".join(syslog_sink.lines())
