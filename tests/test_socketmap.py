@@ -260,6 +260,13 @@ def test_made_and_removed_lists_are_answered_at_once(handler, tmp_path, syslog_s
         shutil.rmtree(lists_dir / "fresh")
         assert client.ask("fresh-request@" + D1) == "NOTFOUND"
         assert client.ask("test@" + D1).startswith("OK test%3@")
+        # what --check prints of a server that answers
+        from mm_handler.socketmap import check_report
+        lines, problems = check_report(validate(mailman2_sections(
+            lists_dir, syslog_sink.path, socketmap={"listen": "unix:%s" % server.path})))
+        assert problems == [] and lines[-1] == (
+            "socketmap unix:%s: answering: @%s -> OK error:5.1.1:550 No such list "
+            "address here" % (server.path, D1)), lines
 
 
 def test_site_rows_are_read_again_when_the_file_changes(handler, tmp_path,
