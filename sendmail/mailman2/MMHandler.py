@@ -208,6 +208,7 @@ def _regenerate(why, cgi=False, quiet=False):
             out, err = proc.communicate()
         finally:
             timer.cancel()
+            timer.join()    # never left waiting at interpreter shutdown
     out, err = _text(out).strip(), _text(err).strip()
     if expired:
         _failed(why, '%s took more than %g s and was killed'
