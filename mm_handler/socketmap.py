@@ -33,8 +33,8 @@ be late is never given (see LATE below): the connection is closed instead.
 One process, one thread for the connections (asyncio), any number of
 connections: each Sendmail child keeps its own.  A peer that sends what no
 Sendmail sends (a length over ``max_request``, garbage, half a request for
-``request_timeout`` seconds) loses its connection and nothing else; a
-peer that does not read its replies is not read either.  Runs in the
+``request_timeout`` seconds) gets a PERM answer and loses its connection,
+nothing else; a peer that does not read its replies is not read either.  Runs in the
 foreground (systemd and rc.d wrap it); SIGTERM or SIGINT stop it, SIGHUP
 reads the configuration again.
 
@@ -297,8 +297,9 @@ class LmtpProber:
             self.cache = {k: v for k, v in self.cache.items() if v[1] > now}
             if len(self.cache) >= LMTP_CACHE_MAX:
                 self.cache.clear()
-        # ttl 0: kept only for the request that asked
-        self.cache[pair] = (exists, now + max(self.ttl, 0.001))
+        # lmtp_cache = 0 still keeps it long enough for the requests
+        # waiting for it to be answered
+        self.cache[pair] = (exists, now + max(self.ttl, 0.5))
 
     def forget(self, pair):
         self.cache.pop(pair, None)
@@ -441,14 +442,20 @@ class MapConnection(asyncio.Protocol):
         self.transport.abort()
 
     def fail(self, why):
-        """What no Sendmail sends: this connection ends, nothing else."""
+        """What no Sendmail sends: a PERM answer saying so, and this
+        connection ends; nothing else."""
         server = self.server
         server.bad += 1
         server.warn_once("bad", "socketmap: a peer sent what no Sendmail sends "
                          "(%s): its connection closed (logged once a minute)" % why)
         self.buf = bytearray()
         self.closed = True
-        self.transport.abort()
+        transport = self.transport
+        transport.write(netstring(b"PERM " + why.encode("ascii", "replace")))
+        if transport.get_write_buffer_size():
+            transport.abort()       # it does not read: nothing is kept for it
+        else:
+            transport.close()
 
     def process(self):
         server = self.server

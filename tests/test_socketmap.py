@@ -394,6 +394,7 @@ def test_a_bad_netstring_costs_its_connection_only(server, data, syslog_sink):
     assert good.ask("test@" + D1).startswith("OK ")
     bad = server.client()
     bad.send(data)
+    assert bad.reply().startswith("PERM ")      # the error, then the end
     assert bad.closed()
     assert good.ask("test@" + D1).startswith("OK ")
     assert server.client().ask("nolist@" + D1) == "NOTFOUND"
@@ -404,6 +405,7 @@ def test_half_a_request_is_dropped_after_request_timeout(server):
     good, half = server.client(), server.client()
     half.send(b"30:mm_handler test@lis")
     start = time.monotonic()
+    assert half.reply() == "PERM half a request for 1s"
     assert half.closed(timeout=5)
     assert 0.9 < time.monotonic() - start < 3.5
     assert good.ask("test@" + D1).startswith("OK ")
