@@ -69,6 +69,8 @@ def _run(argv, log):
     path = config_path(inv.config)
     try:
         settings = load(path)
+        if inv.mode == "check":
+            settings.check_all()    # every section, [maps] and [socketmap] too
     except ConfigError as exc:
         if inv.mode == "check":
             sys.stdout.write("FAIL %s\n" % exc)

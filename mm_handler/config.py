@@ -315,18 +315,33 @@ SCHEMA = {
 }
 
 
+# Read by the commands that use them (maps, socketmap, --check), not by a
+# delivery: their values are parsed at first use, so that every message does
+# not pay for them.  Their key names are checked at once, like every other.
+OFF_PATH = ("maps", "socketmap")
+
+
 class Settings:
     """Validated settings: ``settings.get("mailman3", "lmtp")``."""
 
-    def __init__(self, path, values):
+    def __init__(self, path, values, raw):
         self.path = path
         self._values = values
+        self._raw = raw
 
     def get(self, section, key):
-        return self._values[section][key]
+        return self[section][key]
 
     def __getitem__(self, section):
+        if section not in self._values:
+            self._values[section] = _parse_section(self._raw, section, self.path)
         return self._values[section]
+
+    def check_all(self):
+        """Parse every section now (ConfigError for the first bad value)."""
+        for section in SCHEMA:
+            self[section]
+        return self
 
 
 def config_path(option_path, environ=os.environ):
@@ -388,16 +403,22 @@ def validate(raw, path="<config>"):
                 raise ConfigError("%s: [%s] has no key %r (known: %s)"
                                   % (path, section, key,
                                      ", ".join(SCHEMA[section])))
-    for section, schema in SCHEMA.items():
-        values[section] = {}
-        for key, (default, parse) in schema.items():
-            text = raw.get(section, {}).get(key, default)
-            try:
-                values[section][key] = parse(text)
-            except ValueError as exc:
-                raise ConfigError("%s: [%s] %s = %r: %s"
-                                  % (path, section, key, text, exc)) from None
-    return Settings(path, values)
+    for section in SCHEMA:
+        if section not in OFF_PATH:
+            values[section] = _parse_section(raw, section, path)
+    return Settings(path, values, raw)
+
+
+def _parse_section(raw, section, path):
+    values = {}
+    for key, (default, parse) in SCHEMA[section].items():
+        text = raw.get(section, {}).get(key, default)
+        try:
+            values[key] = parse(text)
+        except ValueError as exc:
+            raise ConfigError("%s: [%s] %s = %r: %s"
+                              % (path, section, key, text, exc)) from None
+    return values
 
 
 def load(path):

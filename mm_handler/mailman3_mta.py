@@ -105,7 +105,7 @@ class Sendmail:
     def __init__(self):
         path = configuration_path()
         try:
-            self.settings = mm_config.load(path)
+            self.settings = mm_config.load(path).check_all()
         except mm_config.ConfigError as exc:
             log.error("mm-handler plug-in: %s", exc)
             raise

@@ -814,7 +814,7 @@ def main(argv):
             sys.stdout.write(USAGE)
             return EX_OK
         try:
-            settings = load(config_path(config))
+            settings = load(config_path(config)).check_all()
         except ConfigError as exc:
             raise MapsError(str(exc), EX_CONFIG) from None
         log = Syslog(settings.get("mm-handler", "syslog_socket"),

@@ -748,7 +748,7 @@ class Server:
     def reload(self):
         """SIGHUP: the configuration again (the listening socket stays)."""
         try:
-            settings = load(self.settings.path)
+            settings = load(self.settings.path).check_all()
             lookup = Lookup(settings)
         except (ConfigError, SetupError, MapsError) as exc:
             self.log(LOG_ERR, "socketmap: SIGHUP: configuration not taken, the "
@@ -859,7 +859,7 @@ def main(argv):
             sys.stdout.write(USAGE)
             return EX_OK
         try:
-            settings = load(config_path(config))
+            settings = load(config_path(config)).check_all()
         except ConfigError as exc:
             raise SetupError(str(exc), EX_CONFIG) from None
         log.settings = settings

@@ -27,7 +27,7 @@ timeout = 60
 
 
 def settings_of(text, path="/etc/test.cfg"):
-    return validate(parse_ini(text, path), path)
+    return validate(parse_ini(text, path), path).check_all()
 
 
 def error_of(text, path="/etc/test.cfg"):
@@ -312,7 +312,7 @@ def test_bad_maps_values_are_config_errors(key, value, problem):
     if "\x01" in value:
         raw = {"maps": {key: value}}
         with pytest.raises(ConfigError) as info:
-            validate(raw, "/etc/test.cfg")
+            validate(raw, "/etc/test.cfg").check_all()
         message = str(info.value)
     else:
         message = error_of(text)
@@ -342,3 +342,15 @@ def test_check_reports_a_bad_maps_value(run_handler, make_config):
     assert run.code == 78, run
     assert run.stdout.startswith("FAIL %s: [maps] reject = '550 no': must be empty "
                                  "or error:D.D.D:NNN text" % cfg), run
+
+
+def test_a_delivery_parses_the_off_path_sections_only_when_asked():
+    """[maps] and [socketmap] values cost a delivery nothing; their key
+    names are still checked at once, and --check, maps and socketmap parse
+    them (check_all)."""
+    settings = validate(parse_ini("[maps]\npseudo_domain = not a domain\n"),
+                        "/etc/test.cfg")
+    assert settings.get("mm-handler", "backend") == "mailman3"
+    with pytest.raises(ConfigError):
+        settings.get("maps", "pseudo_domain")
+    assert "no key 'nope'" in error_of("[maps]\nnope = 1\n")

@@ -522,7 +522,7 @@ def test_settings_are_checked_and_reported(tmp_path):
                      ("max_request", "10"), ("map_names", "a b;c"),
                      ("idle_timeout", "-1"), ("socket_owner", "-x")):
         with pytest.raises(ConfigError):
-            validate({"socketmap": {key: bad}})
+            validate({"socketmap": {key: bad}}).check_all()
     lines, problems = check_report(s, timeout=0.5)
     text = "\n".join(lines)
     assert "listen inet:1@127.0.0.1" in text and "mode 0640" in text
