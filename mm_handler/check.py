@@ -118,6 +118,15 @@ def run_check(settings, out=sys.stdout):
     else:
         _check_lmtp(f, settings)
     SendmailSide(settings, f, names).check()
+    if settings.written("socketmap"):
+        from .socketmap import check_report
+        lines, problems = check_report(settings)
+        for line in lines:
+            f.say(line)
+        for problem in problems:
+            f.fail(problem, "fix [socketmap] (README.sendmail section 11)")
+    else:
+        f.say("socketmap: no [socketmap] section (the live lookup is not used)")
     f.say(f.result())
     return EX_OK if not f.fails else EX_CONFIG
 

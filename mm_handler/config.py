@@ -337,6 +337,10 @@ class Settings:
             self._values[section] = _parse_section(self._raw, section, self.path)
         return self._values[section]
 
+    def written(self, section):
+        """True when the file has this section (not only its defaults)."""
+        return section in self._raw
+
     def check_all(self):
         """Parse every section now (ConfigError for the first bad value)."""
         for section in SCHEMA:

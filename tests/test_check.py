@@ -568,3 +568,27 @@ def test_verdicts_agree_with_sendmail(host, state, opens):
             db.unlink()
         shutil.copy2(saved, db)
         saved.unlink()
+
+
+def test_check_reports_a_socketmap_section(tmp_path):
+    """With a [socketmap] section, --check says where the server listens,
+    its limits and whether one answers (none here: not a problem)."""
+    import io
+    from mm_handler.check import run_check
+    from mm_handler.config import validate
+    sock = tmp_path / "socketmap"
+    settings = validate({"mm-handler": {"backend": "mailman2"},
+                         "mailman2": {"lists_dir": str(tmp_path)},
+                         "maps": {"domains": "lists.example.test",
+                                  "output_dir": str(tmp_path / "maps")},
+                         "socketmap": {"listen": "unix:%s" % sock}},
+                        "/etc/test.cfg").check_all()
+    out = io.StringIO()
+    run_check(settings, out)
+    text = out.getvalue()
+    assert "socketmap: listen unix:%s" % sock in text
+    assert "socketmap limits:" in text
+    plain = io.StringIO()
+    run_check(validate({"mm-handler": {"backend": "mailman2"},
+                        "mailman2": {"lists_dir": str(tmp_path)}}).check_all(), plain)
+    assert "socketmap: no [socketmap] section" in plain.getvalue()
