@@ -12,6 +12,7 @@ usage: mm-handler [-C FILE] [--dry-run] [-r SENDER] HOST RECIPIENT [RECIPIENT...
        mm-handler --check [-C FILE]
        mm-handler --render-template [-C FILE] RECIPIENT
        mm-handler maps [-C FILE] [--output DIR] [--makemap]
+       mm-handler socketmap [-C FILE]
 
 Sendmail runs it from a mailer definition such as
   Mmailman, P=/opt/mm-handler/bin/mm-handler, F=rDFMhlqSu, U=mm-handler:list,

@@ -154,6 +154,9 @@ def render(version):
         ".TP", "\\fBmaps\\fR",
         _roff("write the Sendmail maps that refuse unknown list addresses at "
               "RCPT time."),
+        ".TP", "\\fBsocketmap\\fR",
+        _roff("serve the same answers live to Sendmail's socket map, in the "
+              "foreground (README.sendmail section 11)."),
         ".SH EXIT STATUS",
     ]
     for code, meaning in EXITS:
