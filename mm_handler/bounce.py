@@ -302,13 +302,16 @@ def hand_off(settings, recipient, letter_chunks):
     program that never reads, or leaves a child behind, cannot hold us.
     Returns an Outcome: EX_OK once the program took the whole letter.
     """
-    from .child import run
+    from .child import SpawnError, run
     program = settings.get("bounce", "sendmail")
     argv = [program, "-oi", "-f", "<>", "--", recipient]
     try:
         done = run(program, argv, {}, letter_chunks, HANDOFF_TIMEOUT)
-    except OSError as exc:
+    except SpawnError as exc:
         return Outcome(EX_TEMPFAIL, "cannot run %s to send the bounce: %s"
+                       % (program, exc.strerror or exc))
+    except OSError as exc:      # the pipes to it; run() killed it first
+        return Outcome(EX_TEMPFAIL, "I/O error with %s sending the bounce: %s"
                        % (program, exc.strerror or exc))
     said = done.output.decode("utf-8", "replace").strip()
     said = ": " + display(said) if said else ""

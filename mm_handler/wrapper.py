@@ -53,6 +53,9 @@ def deliver(wrapper, action, listname, chunks, timeout, environ):
     except SpawnError as exc:
         return Outcome(EX_TEMPFAIL, "cannot run wrapper %s: %s"
                        % (wrapper, exc.strerror or exc))
+    except OSError as exc:      # the pipes to it; run() killed it first
+        return Outcome(EX_TEMPFAIL, "I/O error with wrapper %s: %s"
+                       % (wrapper, exc.strerror or exc))
     said = done.output.decode("utf-8", "replace").strip()
     if done.status is None:
         return Outcome(EX_TEMPFAIL, "wrapper did not finish within %g s and "
