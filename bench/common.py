@@ -26,7 +26,8 @@ def install(where, python=SYSTEM_PYTHON):
     venv = where / "venv"
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     wheels = ROOT / "wheelhouse"
-    source = (["--no-index", "--find-links", str(wheels), "mm-handler"]
+    # chardet for another interpreter may come from the package index
+    source = (["--find-links", str(wheels), "mm-handler"]
               if list(wheels.glob("mm_handler-*.whl")) else [str(ROOT)])
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
                     "--disable-pip-version-check"] + source, check=True)
@@ -48,10 +49,10 @@ def install_revision(where, rev, python=SYSTEM_PYTHON):
                    cwd=str(src))
     venv = where / ("venv-" + rev)
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    [wheel] = wheels.glob("mm_handler-*.whl")     # that revision's, by path
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
-                    "--disable-pip-version-check", "--no-index",
-                    "--find-links", str(wheels), "--find-links",
-                    str(ROOT / "wheelhouse"), "mm-handler"], check=True)
+                    "--disable-pip-version-check", "--find-links",
+                    str(ROOT / "wheelhouse"), "chardet", str(wheel)], check=True)
     return venv / "bin" / "mm-handler"
 
 
