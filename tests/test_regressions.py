@@ -176,19 +176,17 @@ def test_a_non_blocking_stdin_is_read_whole(handler, mm2_config, mm2):
     assert queued == FROM_LINE + TRACE + b"Delivered-To: test@" + HOST.encode() + b"\n" + message[len(FROM_LINE):]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_signal_mid_stream_queues_nothing_in_mailman2(handler, mm2_config, mm2,
-                                                        signum):
-    """Sendmail kills a mailer on its timeout: the wrapper must not read a
-    clean end of file after half the message."""
+def signalled_mid_stream(handler, config, signum):
+    """Run the command on half of a 1 MiB message, send `signum` while it
+    streams, then the rest: (exit status, stderr)."""
     message = big_message(size=1024 * 1024)
-    proc = subprocess.Popen([str(handler), "-C", str(mm2_config()), "-r", SENDER,
+    proc = subprocess.Popen([str(handler), "-C", str(config), "-r", SENDER,
                              HOST, "test"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={}, cwd="/")
     proc.stdin.write(message[:len(message) // 2])
     proc.stdin.flush()
-    time.sleep(0.5)         # the wrapper runs and has read what was sent
+    time.sleep(0.5)         # the delivery runs and has read what was sent
     proc.send_signal(signum)
     try:
         proc.stdin.write(message[len(message) // 2:])
@@ -196,29 +194,24 @@ def test_a_signal_mid_stream_queues_nothing_in_mailman2(handler, mm2_config, mm2
     except BrokenPipeError:
         pass
     err = proc.stderr.read()
-    assert proc.wait(30) == 75, err
+    return proc.wait(30), err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_mid_stream_queues_nothing_in_mailman2(handler, mm2_config, mm2,
+                                                        signum):
+    """Sendmail kills a mailer on its timeout: the wrapper must not read a
+    clean end of file after half the message."""
+    code, err = signalled_mid_stream(handler, mm2_config(), signum)
+    assert code == 75, err
     assert b"interrupted by signal %d" % signum in err
     time.sleep(0.3)
     assert mm2.queued() == []
 
 
 def test_a_signal_mid_data_sends_no_final_dot_to_mailman3(handler, mm3_config, mm3):
-    message = big_message(size=1024 * 1024)
-    proc = subprocess.Popen([str(handler), "-C", str(mm3_config()), "-r", SENDER,
-                             HOST, "test"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={}, cwd="/")
-    proc.stdin.write(message[:len(message) // 2])
-    proc.stdin.flush()
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.stdin.write(message[len(message) // 2:])
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    err = proc.stderr.read()
-    assert proc.wait(30) == 75, err
+    code, err = signalled_mid_stream(handler, mm3_config(), signal.SIGTERM)
+    assert code == 75, err
     time.sleep(0.5)
     assert mm3.queued() == {}
 
