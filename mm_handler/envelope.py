@@ -229,10 +229,6 @@ class Message:
         """True when nothing but (at most) a From_ line arrived."""
         return self._empty
 
-    @property
-    def spooled(self):
-        return self._spool is not None
-
     def from_line_sender(self):
         """The sender named in the From_ line ('From SENDER DATE'), or None."""
         # undecodable bytes stay surrogates, which clean_sender refuses
